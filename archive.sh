@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Package a checkpoint folder into model_store/NAME.mar: handler + textclf/ model code + checkpoint files.
+# Usage: ./archive.sh CHECKPOINT_DIR [NAME]      (NAME defaults to the run folder's name)
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+die() { echo "archive.sh: $*" >&2; exit 2; }
+
+[ $# -ge 1 ] && [ $# -le 2 ] || die "usage: archive.sh CHECKPOINT_DIR [NAME]"
+CKPT="$1"
+[ -d "$CKPT" ] || die "checkpoint folder '$CKPT' does not exist"
+CKPT="$(cd "$CKPT" && pwd)"
+if [ $# -eq 2 ]; then NAME="$2"
+else
+  base="$(basename "$CKPT")"
+  case "$base" in checkpoint*) NAME="$(basename "$(dirname "$CKPT")")" ;; *) NAME="$base" ;; esac
+fi
+[[ "$NAME" =~ ^[A-Za-z0-9][A-Za-z0-9_.-]*$ ]] || die "model name '$NAME' may hold only letters, digits, '_', '-' and '.'"
+
+PY="$ROOT/.venv/bin/python"; [ -x "$PY" ] || PY="$(command -v python3)"
+ARCHIVER="$ROOT/.venv/bin/torch-model-archiver"; [ -x "$ARCHIVER" ] || ARCHIVER="$(command -v torch-model-archiver)" \
+  || die "torch-model-archiver not found: run ./setup.sh first"
+
+# Nothing in the checkpoint may point outside it.
+links="$(find "$CKPT" -type l | head -3)"
+[ -z "$links" ] || die "checkpoint '$CKPT' holds symbolic links, refused: $links"
+# The checkpoint must be complete and readable before it is shipped.
+FILES="$(cd "$ROOT" && PYTHONPATH="$ROOT" "$PY" -c '
+import sys
+from textclf.checkpoint import check_folder, required_files
+from textclf.errors import CheckpointError
+try:
+    config = check_folder(sys.argv[1])
+except CheckpointError as e:
+    sys.exit(f"archive.sh: {e}")
+print(" ".join(f.split("/")[0] for f in required_files(config)))
+' "$CKPT")" || exit 2
+
+# A private temp folder: torch-model-archiver wipes $TMPDIR/NAME before staging.
+WORK="$(mktemp -d)"; trap 'rm -rf "$WORK"' EXIT
+STAGE="$WORK/stage"; mkdir -p "$STAGE"
+for f in $FILES; do cp -R "$CKPT/$f" "$STAGE/"; done
+for f in metrics.json train_args.json; do [ -f "$CKPT/$f" ] && cp "$CKPT/$f" "$STAGE/"; done
+mkdir -p "$STAGE/textclf"
+cp "$ROOT"/textclf/*.py "$STAGE/textclf/"
+
+mkdir -p "$ROOT/model_store"
+TMPDIR="$WORK" "$ARCHIVER" --model-name "$NAME" --version 1.0 \
+  --handler "$ROOT/handlers/text_classifier.py" \
+  --extra-files "$STAGE" \
+  --config-file "${MODEL_CONFIG:-$ROOT/handlers/model-config.yaml}" \
+  --export-path "$ROOT/model_store" --force
+MAR="$ROOT/model_store/$NAME.mar"
+[ -f "$MAR" ] || die "torch-model-archiver did not write $MAR"
+echo "$MAR $(du -h "$MAR" | cut -f1)"

@@ -1,0 +1,159 @@
+"""save_checkpoint() / load_checkpoint(): a self-contained folder of JSON, safetensors and tokenizer files.
+
+Layout: config.json, labels.json, model.safetensors (or model.onnx for an ONNX export), tokenizer/,
+transformer/config.json (transformer embeddings only), metrics.json and train_args.json (for people).
+Nothing is pickled, and loading checks every file it reads.
+"""
+import json
+import logging
+import shutil
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .config import ModelConfig, load_labels, save_labels
+from .embeddings import TransformerEmbedding
+from .errors import CheckpointError
+from .model import TextClassifier
+from .tokenization import load_tokenizer
+
+log = logging.getLogger(__name__)
+WEIGHTS, ONNX_GRAPH = "model.safetensors", "model.onnx"
+
+
+def required_files(config):
+    files = ["config.json", "labels.json", "tokenizer"]
+    files.append(ONNX_GRAPH if config.runtime == "onnx" else WEIGHTS)
+    if config.embedding == "transformer" and config.runtime != "onnx":
+        files.append("transformer/config.json")
+    return files
+
+
+def check_folder(folder):
+    """Read config.json and check that every file the model needs is present; returns the config."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"checkpoint folder {folder} does not exist")
+    config = ModelConfig.from_json_file(folder / "config.json")
+    missing = [f for f in required_files(config) if not (folder / f).exists()]
+    if missing:
+        raise CheckpointError(f"checkpoint {folder} is incomplete: missing {', '.join(missing)}")
+    return config
+
+
+# ---- int8 weights: quantized tensors cannot go into safetensors, so store int8 + scale + zero point
+def quantize(model):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+
+
+def _quantized_modules(model):
+    return {name: m for name, m in model.named_modules() if hasattr(m, "_packed_params")}
+
+
+def _state_to_save(model):
+    qmods = _quantized_modules(model)
+    state = {k: v for k, v in model.state_dict().items()
+             if isinstance(v, torch.Tensor) and not any(k.startswith(q + ".") for q in qmods)}
+    for name, m in qmods.items():
+        w, b = m._weight_bias()
+        if w.qscheme() != torch.per_tensor_affine:
+            raise CheckpointError(f"{name}: only per-tensor int8 weights can be saved, got {w.qscheme()}")
+        state[f"{name}.weight_int8"] = w.int_repr()
+        state[f"{name}.weight_scale"] = torch.tensor(w.q_scale(), dtype=torch.float64)
+        state[f"{name}.weight_zero_point"] = torch.tensor(w.q_zero_point(), dtype=torch.int64)
+        if b is not None:
+            state[f"{name}.bias"] = b
+    return {k: v.detach().contiguous().clone() for k, v in state.items()}
+
+
+def _load_state(model, state, path):
+    qmods = _quantized_modules(model)
+    expected = {k: v for k, v in _state_to_save(model).items()}
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing keys: {', '.join(missing[:10])}{' ...' if len(missing) > 10 else ''}")
+        if unexpected:
+            parts.append(f"unexpected keys: {', '.join(unexpected[:10])}{' ...' if len(unexpected) > 10 else ''}")
+        raise CheckpointError(f"{path} does not match config.json ({'; '.join(parts)})")
+    wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+             for k, v in expected.items() if state[k].shape != v.shape]
+    if wrong:
+        raise CheckpointError(f"{path} has tensors of the wrong shape: {'; '.join(wrong[:5])}")
+    plain = {k: v for k, v in state.items() if not any(k.startswith(q + ".") for q in qmods)}
+    model.load_state_dict(plain, strict=False)
+    for name, m in qmods.items():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            q = torch._make_per_tensor_quantized_tensor(
+                state[f"{name}.weight_int8"], float(state[f"{name}.weight_scale"]),
+                int(state[f"{name}.weight_zero_point"]))
+        m.set_weight_bias(q, state.get(f"{name}.bias"))
+
+
+# ---- save / load
+def save_checkpoint(folder, model, tokenizer, labels, metrics=None, train_args=None):
+    """Write the checkpoint into a temporary sibling, then swap it in: a reader never sees half a folder."""
+    folder = Path(folder)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    config = model.config
+    config.to_json_file(tmp / "config.json")
+    save_labels(labels, tmp / "labels.json")
+    tokenizer.save(tmp / "tokenizer")
+    if config.embedding == "transformer":
+        model.embedding.model.config.save_pretrained(str(tmp / "transformer"))
+    from safetensors.torch import save_file
+    save_file(_state_to_save(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
+    for name, obj in (("metrics.json", metrics), ("train_args.json", train_args)):
+        if obj is not None:
+            (tmp / name).write_text(json.dumps(obj, indent=2, default=str) + "\n", encoding="utf-8")
+    shutil.rmtree(folder, ignore_errors=True)
+    tmp.rename(folder)
+    return folder
+
+
+def build_model(folder, config):
+    """An untrained model of the checkpoint's architecture (weights still to load)."""
+    if config.embedding == "transformer":
+        embedding = TransformerEmbedding.from_config_dir(Path(folder) / "transformer", config.freeze_transformer)
+        model = TextClassifier(config, embedding)
+    else:
+        model = TextClassifier.for_words(config)
+    return quantize(model) if config.quantization == "dynamic-int8" else model
+
+
+def read_weights(path):
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is not a readable safetensors file ({e})") from None
+
+
+def load_checkpoint(folder, device="cpu"):
+    """-> (model in eval mode on device, tokenizer, labels). ONNX checkpoints are loaded by Predictor."""
+    folder = Path(folder)
+    config = check_folder(folder)
+    if config.runtime == "onnx":
+        raise CheckpointError(f"{folder} is an ONNX export; load it with textclf.Predictor")
+    labels = load_labels(folder / "labels.json")
+    if len(labels) != config.num_labels:
+        raise CheckpointError(f"labels.json has {len(labels)} labels, config.json says num_labels={config.num_labels}")
+    tokenizer = load_tokenizer(folder / "tokenizer", config.embedding)
+    if config.embedding != "transformer" and len(tokenizer) != config.vocab_size:
+        raise CheckpointError(f"tokenizer/vocab.txt has {len(tokenizer)} words, config.json says vocab_size={config.vocab_size}")
+    model = build_model(folder, config)
+    _load_state(model, read_weights(folder / WEIGHTS), folder / WEIGHTS)
+    if config.quantization and str(device) != "cpu":
+        log.warning("%s is quantized (%s) and runs on CPU only; ignoring device %s", folder, config.quantization, device)
+        device = "cpu"
+    return model.to(device).eval(), tokenizer, labels

@@ -1,0 +1,97 @@
+"""ModelConfig <-> config.json and the ordered label list <-> labels.json.
+
+The checkpoint describes itself: everything needed to rebuild the model lives here, never in flags.
+"""
+import dataclasses
+import json
+from pathlib import Path
+
+from .errors import CheckpointError
+
+FORMAT_VERSION = 1
+EMBEDDINGS = ("transformer", "glove", "random")
+ENCODER_NAMES = ("cls", "cnn", "densenet-cnn", "densenet-dsa")
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    embedding: str = "transformer"          # transformer | glove | random
+    encoder: str = "cls"                    # cls | cnn | densenet-cnn | densenet-dsa
+    num_labels: int = 2
+    max_length: int = 128
+    dropout: float = 0.1
+    # word embeddings (glove | random): vocab size and width; the vectors themselves are weights
+    vocab_size: int = 0
+    embedding_dim: int = 0
+    freeze_embedding: bool = False
+    # transformer embeddings: which layers were dropped and whether the backbone is frozen
+    removed_layers: list = dataclasses.field(default_factory=list)
+    freeze_transformer: bool = False
+    # cnn / densenet encoders
+    kernel_sizes: list = dataclasses.field(default_factory=lambda: [2, 3, 4])
+    num_filters: int = 128
+    densenet_layers: int = 4
+    densenet_growth: int = 64
+    densenet_kernel_size: int = 3
+    dsa_heads: int = 2
+    dsa_size: int = 128
+    dsa_iterations: int = 3
+    # exports: what was done to the trained model (applied by load_checkpoint)
+    quantization: str = ""                  # "" | "dynamic-int8"
+    runtime: str = "torch"                  # torch | onnx
+    format_version: int = FORMAT_VERSION
+
+    def validate(self):
+        if self.format_version != FORMAT_VERSION:
+            raise CheckpointError(
+                f"config.json has format_version {self.format_version}; this code reads {FORMAT_VERSION}")
+        if self.embedding not in EMBEDDINGS:
+            raise CheckpointError(f"unknown embedding {self.embedding!r}; choose one of {', '.join(EMBEDDINGS)}")
+        if self.encoder not in ENCODER_NAMES:
+            raise CheckpointError(f"unknown encoder {self.encoder!r}; choose one of {', '.join(ENCODER_NAMES)}")
+        if self.encoder == "cls" and self.embedding != "transformer":
+            raise CheckpointError(
+                f"encoder 'cls' needs a transformer embedding (got {self.embedding!r}); with word embeddings "
+                "use one of: cnn, densenet-cnn, densenet-dsa")
+        if self.num_labels < 2:
+            raise CheckpointError(f"num_labels must be at least 2, got {self.num_labels}")
+        if self.max_length < 1:
+            raise CheckpointError(f"max_length must be positive, got {self.max_length}")
+        return self
+
+    def to_json_file(self, path):
+        Path(path).write_text(json.dumps(dataclasses.asdict(self), indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def from_json_file(cls, path):
+        try:
+            raw = json.loads(Path(path).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise CheckpointError(f"{path} is missing") from None
+        except (ValueError, UnicodeDecodeError) as e:
+            raise CheckpointError(f"{path} is not valid JSON: {e}") from None
+        if not isinstance(raw, dict):
+            raise CheckpointError(f"{path} must hold a JSON object")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise CheckpointError(f"{path} has unknown fields: {', '.join(unknown)}")
+        return cls(**raw).validate()
+
+
+def save_labels(labels, path):
+    Path(path).write_text(json.dumps(list(labels), ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+
+
+def load_labels(path):
+    try:
+        labels = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON: {e}") from None
+    if not isinstance(labels, list) or not all(isinstance(x, str) and x for x in labels):
+        raise CheckpointError(f"{path} must be a JSON list of non-empty strings")
+    if len(set(labels)) != len(labels):
+        raise CheckpointError(f"{path} has duplicate labels")
+    return labels

@@ -1,0 +1,28 @@
+"""TextClassifier: embedding -> encoder -> dropout -> linear -> logits."""
+from torch import nn
+
+from .embeddings import TransformerEmbedding, WordEmbedding
+from .encoders import ENCODERS
+
+
+class TextClassifier(nn.Module):
+    def __init__(self, config, embedding):
+        super().__init__()
+        self.config = config
+        self.embedding = embedding
+        self.encoder = ENCODERS[config.encoder](embedding.output_dim, config)
+        self.dropout = nn.Dropout(config.dropout)
+        self.classifier = nn.Linear(self.encoder.output_dim, config.num_labels)
+
+    @classmethod
+    def for_words(cls, config, frozen_rows=None):
+        return cls(config, WordEmbedding(config.vocab_size, config.embedding_dim, frozen_rows))
+
+    @classmethod
+    def for_transformer(cls, config, transformer: TransformerEmbedding):
+        return cls(config, transformer)
+
+    def forward(self, input_ids, attention_mask):
+        states = self.embedding(input_ids, attention_mask)        # (B, T, D)
+        features = self.encoder(states, attention_mask)          # (B, F)
+        return self.classifier(self.dropout(features))           # (B, num_labels) logits

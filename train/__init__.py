@@ -1,0 +1,1 @@
+"""Training side: `python -m train` and its verbs (evaluate, predict, export)."""

@@ -1,0 +1,93 @@
+"""python -m train --data DIR --out RUN_DIR [...]: train one classifier, keep the best checkpoint."""
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from textclf.checkpoint import load_checkpoint
+from textclf.errors import CheckpointError, DataError
+
+from .config import parse_train_config
+from .data import label_counts, load_dataset
+from .loop import fit, set_seed
+from .models import build
+
+log = logging.getLogger("train")
+
+
+def pick_device(name):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def setup_logging():
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+
+
+def _resume(cfg, device):
+    model, tokenizer, labels = load_checkpoint(cfg.resume, device)
+    meta = Path(cfg.resume) / "metrics.json"
+    epoch = json.loads(meta.read_text()).get("epoch", 0) if meta.is_file() else 0
+    return model, tokenizer, labels, epoch
+
+
+def run(cfg):
+    set_seed(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg.device)
+    data = load_dataset(cfg.data, cfg.columns, cfg.valid_fraction, cfg.seed, cfg.limit)
+    log.info("data %s (%s): %d train, %d valid%s, %d test, %d labels", cfg.data, data.columns, len(data.train),
+             len(data.valid), " (split from train)" if data.valid_from_train else "", len(data.test),
+             len(data.labels))
+    start_epoch = 0
+    if cfg.resume:
+        model, tokenizer, labels, start_epoch = _resume(cfg, device)
+        if labels != data.labels:
+            raise DataError(cfg.data, None, f"labels differ from the checkpoint's labels.json ({cfg.resume})")
+    else:
+        model, tokenizer = build(cfg, [e.text for e in data.train], len(data.labels))
+        labels = data.labels
+    if cfg.lr is None:
+        cfg.lr = 5e-5 if model.config.embedding == "transformer" else 1e-3
+    model.to(device)
+    params = sum(p.numel() for p in model.parameters())
+    log.info("model %s + %s: %.1fM parameters on %s; labels %s", model.config.embedding, model.config.encoder,
+             params / 1e6, device, dict(label_counts(data.train)))
+    started = time.time()
+    history = fit(model, tokenizer, labels, data, cfg, device, start_epoch)
+    wall = time.time() - started
+    best = max(history, key=lambda r: r["valid_accuracy"]) if history else None
+    summary = {"train_seconds": round(wall, 1), "epochs": len(history), "best": best}
+    if data.test:
+        from textclf.predict import Predictor
+        from .loop import evaluate_examples
+        predictor = Predictor.from_checkpoint(Path(cfg.out) / "checkpoint-best", device)
+        test, _ = evaluate_examples(predictor, data.test, cfg.eval_batch_size)
+        summary["test_accuracy"], summary["test_macro_f1"] = test["accuracy"], test["macro_f1"]
+        log.info("checkpoint-best: test accuracy %.4f (%d/%d), macro-F1 %.4f", test["accuracy"], test["correct"],
+                 test["total"], test["macro_f1"])
+    (Path(cfg.out) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    from .plots import plot_curves
+    plot_curves(Path(cfg.out) / "metrics.jsonl", Path(cfg.out) / "curves.png")
+    log.info("done in %.0fs: %s", wall, Path(cfg.out) / "checkpoint-best")
+    return 0
+
+
+def main(argv=None):
+    setup_logging()
+    cfg = parse_train_config(argv)
+    try:
+        return run(cfg)
+    except (DataError, CheckpointError) as e:
+        log.error("%s", e)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""The training loop: epochs, schedule, evaluation each epoch, best/last checkpoints, metrics.jsonl."""
+import json
+import logging
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from textclf.checkpoint import save_checkpoint
+from textclf.predict import Predictor
+
+from .metrics import scores
+
+log = logging.getLogger(__name__)
+
+
+def _param_groups(model, weight_decay):
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        plain = p.ndim < 2 or "norm" in name.lower() or "embed" in name.lower()
+        (no_decay if plain else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _schedule(optimizer, cfg, steps_per_epoch):
+    total = steps_per_epoch * cfg.epochs
+    warmup = int(total * cfg.warmup_ratio)
+
+    def factor(step):
+        if step < warmup:
+            return (step + 1) / warmup
+        if cfg.lr_decay_rate:
+            return cfg.lr_decay_rate ** (step // steps_per_epoch)
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def evaluate_examples(predictor, examples, batch_size=64):
+    """Scores of a Predictor on examples; also returns the probabilities (N, C)."""
+    index = {lab: i for i, lab in enumerate(predictor.labels)}
+    probs = predictor.predict_proba([e.text for e in examples], batch_size)
+    gold = [index[e.label] for e in examples]
+    return scores(gold, probs.argmax(axis=1), predictor.labels), probs
+
+
+def fit(model, tokenizer, labels, dataset, cfg, device, start_epoch=0):
+    """Train and keep checkpoint-best/ (by valid accuracy) and checkpoint-last/ in cfg.out."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    from torch.utils.tensorboard import SummaryWriter
+    writer = SummaryWriter(str(out / "tensorboard"))
+    index = {lab: i for i, lab in enumerate(labels)}
+    train = dataset.train
+    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
+    scheduler = _schedule(optimizer, cfg, steps_per_epoch)
+    predictor = Predictor(model, tokenizer, labels, model.config.max_length, device)
+    rng = random.Random(cfg.seed)
+    best, since_best, history = -1.0, 0, []
+    train_args = {k: v for k, v in vars(cfg).items()}
+    metrics_file = (out / "metrics.jsonl").open("a", encoding="utf-8")
+    step = 0
+    for epoch in range(start_epoch + 1, start_epoch + cfg.epochs + 1):
+        model.train()
+        order = list(range(len(train)))
+        rng.shuffle(order)
+        started, total_loss, seen = time.time(), 0.0, 0
+        bar = tqdm(range(0, len(order), cfg.batch_size), desc=f"epoch {epoch}", unit="batch", leave=False)
+        for start in bar:
+            batch = [train[i] for i in order[start: start + cfg.batch_size]]
+            enc = predictor.encode([e.text for e in batch])
+            target = torch.tensor([index[e.label] for e in batch], device=device)
+            loss = torch.nn.functional.cross_entropy(model(**enc), target)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            total_loss += loss.item() * len(batch)
+            seen += len(batch)
+            bar.set_postfix(loss=f"{total_loss / seen:.4f}")
+            writer.add_scalar("train/loss", loss.item(), step)
+            writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
+        model.eval()
+        valid, _ = evaluate_examples(predictor, dataset.valid, cfg.eval_batch_size)
+        record = {"epoch": epoch, "step": step, "train_loss": total_loss / max(1, seen),
+                  "valid_accuracy": valid["accuracy"], "valid_macro_f1": valid["macro_f1"],
+                  "epoch_seconds": round(time.time() - started, 1), "lr": scheduler.get_last_lr()[0]}
+        history.append(record)
+        metrics_file.write(json.dumps(record) + "\n")
+        metrics_file.flush()
+        writer.add_scalar("valid/accuracy", valid["accuracy"], step)
+        log.info("epoch %d  train loss %.4f  valid accuracy %.4f (%d/%d)  %.0fs", epoch, record["train_loss"],
+                 valid["accuracy"], valid["correct"], valid["total"], record["epoch_seconds"])
+        save_checkpoint(out / "checkpoint-last", model, tokenizer, labels, record, train_args)
+        if cfg.save_every_epoch:
+            save_checkpoint(out / f"checkpoint-epoch-{epoch}", model, tokenizer, labels, record, train_args)
+        if valid["accuracy"] > best:
+            best, since_best = valid["accuracy"], 0
+            save_checkpoint(out / "checkpoint-best", model, tokenizer, labels, record, train_args)
+        else:
+            since_best += 1
+            if cfg.patience and since_best >= cfg.patience:
+                log.info("no better valid accuracy for %d epochs: stopping early", since_best)
+                break
+    metrics_file.close()
+    writer.close()
+    return history
+
+
+def set_seed(seed):
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
