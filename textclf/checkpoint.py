@@ -86,8 +86,16 @@ def _load_state(model, state, path):
              for k, v in expected.items() if state[k].shape != v.shape]
     if wrong:
         raise CheckpointError(f"{path} has tensors of the wrong shape: {'; '.join(wrong[:5])}")
-    plain = {k: v for k, v in state.items() if not any(k.startswith(q + ".") for q in qmods)}
-    model.load_state_dict(plain, strict=False)
+    if not qmods:
+        model.load_state_dict(state)
+        return
+    # quantized modules cannot take load_state_dict from these entries: copy the float tensors one
+    # by one (keys and shapes were checked above), then set the int8 weights
+    with torch.no_grad():
+        for key, value in state.items():
+            if not any(key.startswith(q + ".") for q in qmods):
+                owner, _, attr = key.rpartition(".")
+                getattr(model.get_submodule(owner), attr).copy_(value)
     for name, m in qmods.items():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

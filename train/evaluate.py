@@ -1,0 +1,112 @@
+"""python -m train.evaluate --checkpoint CKPT --data DIR: accuracy, per-class scores, speed, confusion PNG."""
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from textclf.errors import CheckpointError, DataError
+from textclf.predict import Predictor
+
+from .data import COLUMNS, find_split, read_examples
+from .metrics import scores
+
+log = logging.getLogger("train.evaluate")
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description="Evaluate a checkpoint on a labelled split.")
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder")
+    p.add_argument("--data", required=True, help="data folder holding SPLIT.txt or SPLIT.tsv")
+    p.add_argument("--split", default="test", help="which file of the data folder (default: test)")
+    p.add_argument("--columns", default="auto", choices=COLUMNS)
+    p.add_argument("--out", help="folder for evaluation JSON, confusion PNG and errors (default: beside the checkpoint)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--latency-examples", type=int, default=200, help="examples timed one at a time")
+    p.add_argument("--worst", type=int, default=50, help="how many of the most confident errors to list")
+    return p.parse_args(argv)
+
+
+def measure_speed(predictor, texts, latency_examples=200, batch_size=32):
+    """ms/example at batch 1 (median of single calls) and examples/s at batch_size, tokenization included."""
+    sample = texts[:latency_examples]
+    predictor.predict_proba(sample[:8], batch_size=1)   # warm-up
+    times = []
+    for t in sample:
+        started = time.perf_counter()
+        predictor.predict_proba([t], batch_size=1)
+        times.append(time.perf_counter() - started)
+    predictor.predict_proba(texts[:batch_size], batch_size=batch_size)
+    started = time.perf_counter()
+    predictor.predict_proba(texts, batch_size=batch_size)
+    elapsed = time.perf_counter() - started
+    return {"ms_per_example_batch1": 1000 * float(np.median(times)),
+            "ms_per_example_batch1_mean": 1000 * float(np.mean(times)),
+            f"examples_per_second_batch{batch_size}": len(texts) / elapsed}
+
+
+def evaluate(predictor, examples, path):
+    index = {lab: i for i, lab in enumerate(predictor.labels)}
+    for e in examples:
+        if e.label not in index:
+            raise DataError(path, e.line, f"label {e.label!r} is not one of the checkpoint's labels")
+    probs = predictor.predict_proba([e.text for e in examples])
+    pred = probs.argmax(axis=1)
+    result = scores([index[e.label] for e in examples], pred, predictor.labels)
+    wrong = [i for i, e in enumerate(examples) if pred[i] != index[e.label]]
+    wrong.sort(key=lambda i: -probs[i, pred[i]])
+    errors = [{"line": examples[i].line, "text": examples[i].text, "gold": examples[i].label,
+               "predicted": predictor.labels[pred[i]], "score": float(probs[i, pred[i]])} for i in wrong]
+    return result, errors
+
+
+def report(result, speed, labels):
+    lines = [f"accuracy {result['accuracy']:.4f} ({result['correct']}/{result['total']})",
+             f"macro-F1 {result['macro_f1']:.4f}",
+             f"{'label':<28} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>8}"]
+    for lab in labels:
+        c = result["per_class"][lab]
+        lines.append(f"{lab:<28} {c['precision']:>9.4f} {c['recall']:>9.4f} {c['f1']:>9.4f} {c['support']:>8}")
+    lines.append(f"{speed['ms_per_example_batch1']:.2f} ms/example at batch 1 (median), "
+                 f"{speed['examples_per_second_batch32']:.1f} examples/s at batch 32")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        path = find_split(args.data, args.split, True)
+        examples, _ = read_examples(path, args.columns)
+        predictor = Predictor.from_checkpoint(args.checkpoint, args.device, args.threads or None)
+        result, errors = evaluate(predictor, examples, path)
+    except (DataError, CheckpointError) as e:
+        log.error("%s", e)
+        return 2
+    speed = measure_speed(predictor, [e.text for e in examples], args.latency_examples)
+    print(report(result, speed, predictor.labels))
+    ckpt = Path(args.checkpoint)
+    out = Path(args.out) if args.out else ckpt.parent
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"eval-{ckpt.name}-{args.split}"
+    summary = {"checkpoint": str(ckpt), "data": str(path), "device": args.device,
+               "threads": torch.get_num_threads(), **result, **speed}
+    (out / f"{stem}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / f"{stem}-errors.jsonl").write_text(
+        "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in errors[: args.worst]), encoding="utf-8")
+    from .plots import plot_confusion
+    plot_confusion(result["confusion"], predictor.labels, out / f"{stem}-confusion.png",
+                   f"{ckpt.parent.name}/{ckpt.name} on {path.name}: accuracy {result['accuracy']:.4f}")
+    print(f"wrote {out / (stem + '.json')}, {stem}-confusion.png, {stem}-errors.jsonl")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
