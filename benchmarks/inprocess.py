@@ -1,0 +1,127 @@
+"""In-process limit of one checkpoint on this machine: the most a TorchServe worker could serve.
+
+Predictor.from_checkpoint + predict (tokenization, forward, softmax, top-k), on the same sentences the
+load test sends, with torch threads = cores. Batches are drawn in random order, as requests reach the
+server (train.evaluate sorts by length, which pads less and reads faster). Each measurement runs for
+--seconds after a warm-up: batch-1 latency, then examples/s at each batch size (by default the
+handler's batchSize from --model-config, and 32).
+
+Usage: python benchmarks/inprocess.py CKPT [--data data/snips/test.txt] [--model-config handlers/model-config.yaml]
+                                       [--batch-sizes 16 32] [--seconds 10] [--threads 0] [--out FILE.json]
+"""
+import argparse
+import json
+import logging
+import os
+import random
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+log = logging.getLogger(__name__)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("checkpoint", type=Path)
+    p.add_argument("--data", type=Path, default=ROOT / "data/snips/test.txt")
+    p.add_argument("--model-config", type=Path, default=ROOT / "handlers/model-config.yaml",
+                   help="read batchSize and handler.top_k from it")
+    p.add_argument("--batch-sizes", type=int, nargs="+", help="default: the model config's batchSize and 32")
+    p.add_argument("--seconds", type=float, default=10.0, help="length of each measurement")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: the cores this process may use)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, help="write the results here as JSON")
+    return p.parse_args(argv)
+
+
+def serving_settings(path):
+    """(batchSize, top_k) from a TorchServe model-config.yaml."""
+    import yaml
+    config = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    return int(config.get("batchSize", 1)), int((config.get("handler") or {}).get("top_k", 3))
+
+
+def percentile(values, q):
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+
+
+def batches(texts, batch_size, rng):
+    """Endless random batches: shuffled passes over the texts, cut into batch_size pieces."""
+    while True:
+        order = texts[:]
+        rng.shuffle(order)
+        for start in range(0, len(order) - batch_size + 1, batch_size):
+            yield order[start: start + batch_size]
+
+
+def measure(predictor, texts, batch_size, seconds, top_k, rng):
+    source = batches(texts, batch_size, rng)
+    for _ in range(3):   # warm-up: first calls allocate and pick kernels
+        predictor.predict(next(source), top_k, batch_size)
+    times, started = [], time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        batch = next(source)
+        t0 = time.perf_counter()
+        predictor.predict(batch, top_k, batch_size)
+        times.append(time.perf_counter() - t0)
+    elapsed = time.perf_counter() - started
+    result = {"batch_size": batch_size, "batches": len(times), "examples": len(times) * batch_size,
+              "seconds": round(elapsed, 3), "examples_per_s": round(len(times) * batch_size / elapsed, 2)}
+    for q in (50, 95, 99):
+        result[f"p{q}_ms_per_batch"] = round(1000 * percentile(times, q), 2)
+    return result
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    import torch
+    from textclf.errors import CheckpointError, DataError
+    from textclf.predict import Predictor
+    from train.data import read_examples
+
+    threads = args.threads or len(os.sched_getaffinity(0))
+    torch.set_num_threads(threads)
+    try:
+        handler_batch, top_k = serving_settings(args.model_config)
+        texts = [e.text for e in read_examples(args.data)[0]]
+        predictor = Predictor.from_checkpoint(args.checkpoint, "cpu", threads)
+    except (OSError, DataError, CheckpointError) as e:
+        log.error("inprocess: %s", e)
+        return 2
+    sizes = list(dict.fromkeys(args.batch_sizes or [handler_batch, 32]))
+    if max(sizes) > len(texts):
+        log.error("inprocess: %s holds %d texts, fewer than batch size %d", args.data, len(texts), max(sizes))
+        return 2
+    top_k = min(top_k, len(predictor.labels))
+    rng = random.Random(args.seed)
+
+    single = measure(predictor, texts, 1, args.seconds, top_k, rng)
+    log.info("batch 1: %.1f examples/s, latency p50 %.1f ms, p95 %.1f ms, p99 %.1f ms", single["examples_per_s"],
+             single["p50_ms_per_batch"], single["p95_ms_per_batch"], single["p99_ms_per_batch"])
+    batched = []
+    for size in sizes:
+        batched.append(measure(predictor, texts, size, args.seconds, top_k, rng))
+        log.info("batch %d: %.1f examples/s (p50 %.1f ms per batch)", size, batched[-1]["examples_per_s"],
+                 batched[-1]["p50_ms_per_batch"])
+    result = {
+        "checkpoint": str(args.checkpoint.resolve()), "data": str(args.data.resolve()), "texts": len(texts),
+        "model_config": str(args.model_config.resolve()), "handler_batch_size": handler_batch, "top_k": top_k,
+        "threads": threads, "torch": torch.__version__, "seconds_per_measurement": args.seconds,
+        "batch1": single, "batched": batched,
+        "best_batched": max(batched, key=lambda r: r["examples_per_s"]),
+    }
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
