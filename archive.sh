@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Package a checkpoint folder into model_store/NAME.mar: handler + textclf/ model code + checkpoint files.
 # Usage: ./archive.sh CHECKPOINT_DIR [NAME]      (NAME defaults to the run folder's name)
+# Environment: MODEL_CONFIG (default handlers/model-config.yaml), MODEL_STORE (default model_store/).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 die() { echo "archive.sh: $*" >&2; exit 2; }
@@ -43,12 +44,13 @@ for f in metrics.json train_args.json; do [ -f "$CKPT/$f" ] && cp "$CKPT/$f" "$S
 mkdir -p "$STAGE/textclf"
 cp "$ROOT"/textclf/*.py "$STAGE/textclf/"
 
-mkdir -p "$ROOT/model_store"
+STORE="${MODEL_STORE:-$ROOT/model_store}"
+mkdir -p "$STORE"
 TMPDIR="$WORK" "$ARCHIVER" --model-name "$NAME" --version 1.0 \
   --handler "$ROOT/handlers/text_classifier.py" \
   --extra-files "$STAGE" \
   --config-file "${MODEL_CONFIG:-$ROOT/handlers/model-config.yaml}" \
-  --export-path "$ROOT/model_store" --force
-MAR="$ROOT/model_store/$NAME.mar"
+  --export-path "$STORE" --force
+MAR="$STORE/$NAME.mar"
 [ -f "$MAR" ] || die "torch-model-archiver did not write $MAR"
 echo "$MAR $(du -h "$MAR" | cut -f1)"

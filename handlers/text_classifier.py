@@ -27,7 +27,7 @@ class TextClassifierHandler(BaseHandler):
         self.top_k = int(settings.get("top_k", 3))
         self.max_chars = int(settings.get("max_chars", 20000))
         workers = int(yaml_config.get("minWorkers", 1) or 1)
-        threads = int(settings.get("torch_threads", 0)) or max(1, (os.cpu_count() or 1) // workers)
+        threads = int(settings.get("torch_threads", 0)) or max(1, len(os.sched_getaffinity(0)) // workers)
         torch.set_num_threads(threads)
         gpu = props.get("gpu_id")
         device = f"cuda:{gpu}" if gpu is not None and torch.cuda.is_available() else "cpu"

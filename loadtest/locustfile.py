@@ -30,6 +30,7 @@ from urllib.parse import urlsplit
 
 import gevent
 from locust import FastHttpUser, constant, events, task
+from locust.stats import CSV_STATS_INTERVAL_SEC
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -122,6 +123,15 @@ def _check_and_load(environment, **_):
     # gevent's loop caches the time; the imports above block it for seconds (train.data pulls in torch
     # through textclf), and a stale clock makes locust's --run-time timer fire that much early.
     gevent.get_hub().loop.update_now()
+
+
+@events.test_stop.add_listener
+def _let_csv_catch_up(environment, **_):
+    """Locust rewrites PREFIX_stats.csv once a second and not again at exit, so the file would miss the
+    last second's requests and those finished during --stop-timeout. Users have stopped by now: one
+    more writer cycle makes the CSV agree with the final summary."""
+    if getattr(environment.parsed_options, "csv_prefix", None):
+        gevent.sleep(CSV_STATS_INTERVAL_SEC + 0.5)
 
 
 class TextClassifierUser(FastHttpUser):

@@ -64,7 +64,8 @@ HOST="${HOST%/}"
 
 abspath() { (cd "$(dirname "$1")" && echo "$(pwd)/$(basename "$1")"); }
 if [ -n "$KEY_FILE" ]; then
-  [ -f "$KEY_FILE" ] || die "--key-file '$KEY_FILE' not found (TorchServe writes key_file.json where it was started)"
+  [ -f "$KEY_FILE" ] || { [ -f "$ROOT/$KEY_FILE" ] && KEY_FILE="$ROOT/$KEY_FILE"; } \
+    || die "--key-file '$KEY_FILE' not found (TorchServe writes key_file.json where it was started)"
   KEY_FILE="$(abspath "$KEY_FILE")"
 fi
 [ -f "$DATA" ] || { [ -f "$ROOT/$DATA" ] && DATA="$ROOT/$DATA"; } || die "--data '$DATA' not found"
@@ -98,7 +99,11 @@ set +e
   --meta "locust_exit_code=$rc" --meta "command=$COMMAND"
 src=$?
 set -e
-[ "$src" -eq 0 ] || { echo "run.sh: no request was answered or recorded; see $OUT/locust.log" >&2; exit 3; }
+if [ "$src" -ne 0 ]; then
+  echo "run.sh: locust (exit $rc) recorded no requests; see $OUT/locust.log" >&2
+  grep -E '^[A-Za-z_.]*(Error|Exception): ' "$OUT/locust.log" | tail -1 | sed 's/^/  /' >&2 || true
+  exit 3
+fi
 failures="$("$PY" -c 'import json, sys; print(json.load(open(sys.argv[1]))["failures"])' "$OUT/summary.json")"
 echo "== $OUT/summary.json"
 if [ "$failures" -gt 0 ]; then

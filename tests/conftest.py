@@ -23,11 +23,16 @@ KEYWORDS = {
 }
 FILLERS = ["please", "tell", "me", "about", "the", "today", "tomorrow", "some", "i", "want", "a", "show",
            "for", "my", "friend", "now"]
-TOY_SIZES = {"train": 20, "valid": 6, "test": 10}   # per label: 60 / 18 / 30 lines
+TOY_SIZES = {"train": 20, "valid": 10, "test": 10}   # per label: 60 / 30 / 30 lines
 
 
-def toy_sentence(rng, label):
-    words = rng.sample(KEYWORDS[label], 2) + rng.sample(FILLERS, 3)
+def toy_sentence(rng, label, i=None):
+    """Three keywords of the label and two fillers. With i (training lines), the keywords cycle so
+    that every keyword occurs in training; otherwise they are drawn at random."""
+    keywords = KEYWORDS[label]
+    chosen = [keywords[(i + j) % len(keywords)] for j in (0, 3, 7)] if i is not None \
+        else rng.sample(keywords, 3)
+    words = chosen + rng.sample(FILLERS, 2)
     rng.shuffle(words)
     return " ".join(words)
 
@@ -35,8 +40,8 @@ def toy_sentence(rng, label):
 def toy_lines(split, seed=0):
     """Deterministic `text<TAB>label` lines of one split, labels interleaved."""
     rng = random.Random(f"{seed}-{split}")
-    return [f"{toy_sentence(rng, label)}\t{label}"
-            for _ in range(TOY_SIZES[split]) for label in sorted(KEYWORDS)]
+    return [f"{toy_sentence(rng, label, i if split == 'train' else None)}\t{label}"
+            for i in range(TOY_SIZES[split]) for label in sorted(KEYWORDS)]
 
 
 def write_toy_dataset(folder, splits=("train", "valid", "test")):

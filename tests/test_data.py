@@ -69,7 +69,8 @@ def test_crlf_bom_blank_lines_and_spaces_before_the_tab(tmp_path):
 
 
 def test_non_ascii_text_is_kept(tmp_path):
-    path = write(tmp_path, "train.txt", "add to the clásicos playlist\tmusic\nrain in Zürich\tweather\nmore jazz\tmusic\n")
+    content = "add to the clásicos playlist\tmusic\nrain in Zürich\tweather\nmore jazz\tmusic\n"
+    path = write(tmp_path, "train.txt", content)
     assert read_examples(path)[0][0].text == "add to the clásicos playlist"
 
 
@@ -79,7 +80,7 @@ def test_wrong_number_of_fields_names_file_and_line(tmp_path, bad_line, found):
     with pytest.raises(DataError) as err:
         read_examples(path)
     assert f"{path}:5:" in str(err.value)
-    assert f"expected 2 tab-separated fields" in str(err.value)
+    assert "expected 2 tab-separated fields" in str(err.value)
     assert f"found {found}" in str(err.value)
     assert (err.value.path, err.value.line) == (str(path), 5)
 
@@ -117,7 +118,7 @@ def test_missing_file_is_a_data_error(tmp_path):
 
 def test_toy_dataset_loads(toy_data_dir):
     data = load_dataset(toy_data_dir)
-    assert (len(data.train), len(data.valid), len(data.test)) == (60, 18, 30)
+    assert (len(data.train), len(data.valid), len(data.test)) == (60, 30, 30)
     assert data.labels == ["food", "music", "weather"]
     assert data.columns == "text-label"
     assert not data.valid_from_train
@@ -161,7 +162,7 @@ def test_limit_keeps_the_first_training_examples(toy_data_dir):
     full = load_dataset(toy_data_dir)
     data = load_dataset(toy_data_dir, limit=7)
     assert pairs(data.train) == pairs(full.train)[:7]
-    assert len(data.valid) == 18 and len(data.test) == 30
+    assert len(data.valid) == 30 and len(data.test) == 30
     assert data.labels == full.labels   # labels come from the whole training file
 
 

@@ -58,11 +58,11 @@ def test_transformer_run(tiny_run, toy_data_dir):
 
 def test_random_word_embedding_run(tmp_path, toy_data_dir):
     out = tmp_path / "toy-random-cnn"
-    assert main(train_args(toy_data_dir, out, "random", encoder="cnn",
-                           extra=["--embedding-dim", "16", "--num-filters", "16"])) == 0
+    assert main(train_args(toy_data_dir, out, "random", encoder="cnn", lr="1e-2",
+                           extra=["--embedding-dim", "32", "--num-filters", "16"])) == 0
     summary, _ = check_run(out, epochs=10)
     config = json.loads((out / "checkpoint-best" / "config.json").read_text())
-    assert (config["embedding"], config["encoder"], config["embedding_dim"]) == ("random", "cnn", 16)
+    assert (config["embedding"], config["encoder"], config["embedding_dim"]) == ("random", "cnn", 32)
     vocab = (out / "checkpoint-best" / "tokenizer" / "vocab.txt").read_text().split("\n")
     assert vocab[:2] == ["[PAD]", "[UNK]"] and "jazz" in vocab
     assert config["vocab_size"] == len([w for w in vocab if w])
@@ -71,18 +71,24 @@ def test_random_word_embedding_run(tmp_path, toy_data_dir):
 
 
 def write_glove(path, dim=8):
-    """A tiny GloVe text file: the toy keywords, a few fillers, and words the toy data never uses."""
+    """A tiny GloVe text file in which each label's keywords share a direction, as pretrained vectors
+    would; plus two fillers and two weather words the toy data never uses."""
     rng = np.random.default_rng(0)
-    words = ["the", "umbrella", "drizzle"] + [w for label in sorted(KEYWORDS) for w in KEYWORDS[label]] + ["me"]
-    vectors = {w: rng.normal(size=dim).round(4) for w in words}
-    path.write_text("".join(f"{w} {' '.join(str(x) for x in v)}\n" for w, v in vectors.items()), encoding="utf-8")
+    vectors = {}
+    for k, label in enumerate(sorted(KEYWORDS)):
+        for word in KEYWORDS[label] + (["umbrella", "drizzle"] if label == "weather" else []):
+            vectors[word] = (3.0 * np.eye(dim)[k] + rng.normal(scale=0.3, size=dim)).round(4)
+    for word in ("the", "me"):
+        vectors[word] = rng.normal(scale=0.3, size=dim).round(4)
+    order = ["the", "umbrella", "drizzle"] + [w for w in vectors if w not in ("the", "umbrella", "drizzle")]
+    path.write_text("".join(f"{w} {' '.join(str(x) for x in vectors[w])}\n" for w in order), encoding="utf-8")
     return vectors
 
 
 def test_glove_text_file_run(tmp_path, toy_data_dir):
     vectors = write_glove(tmp_path / "vectors.txt")
     out = tmp_path / "toy-glove-densenet-cnn"
-    assert main(train_args(toy_data_dir, out, f"glove:{tmp_path / 'vectors.txt'}", encoder="densenet-cnn",
+    assert main(train_args(toy_data_dir, out, f"glove:{tmp_path / 'vectors.txt'}", encoder="densenet-cnn", lr="1e-2",
                            extra=["--freeze-embedding", "--glove-top", "3", "--densenet-growth", "16"])) == 0
     summary, _ = check_run(out, epochs=10)
     ckpt = out / "checkpoint-best"
@@ -122,7 +128,7 @@ def test_unseen_valid_label_exits_2(tmp_path, capfd, caplog):
         f.write("book a flight to paris\ttravel\n")
     rc, text = run_bad(capfd, caplog, train_args(folder, tmp_path / "run", "random", encoder="cnn"))
     assert rc == 2
-    assert f"{folder / 'valid.txt'}:19:" in text and "'travel'" in text
+    assert f"{folder / 'valid.txt'}:31:" in text and "'travel'" in text
 
 
 @pytest.mark.parametrize("embedding, encoder, message", [

@@ -1,6 +1,5 @@
-"""textclf: the model code shared by training (train/) and serving (handlers/), shipped inside every .mar."""
-from .config import ModelConfig, load_labels, save_labels
-from .errors import CheckpointError, DataError, InputError
-from .predict import Predictor
+"""textclf: the model code shared by training (train/) and serving (handlers/), shipped inside every .mar.
 
-__all__ = ["ModelConfig", "load_labels", "save_labels", "CheckpointError", "DataError", "InputError", "Predictor"]
+Import what you need from its modules (textclf.predict.Predictor, textclf.checkpoint, ...): this
+package file imports nothing, so reading data or validating requests does not load torch.
+"""

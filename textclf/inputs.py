@@ -21,9 +21,14 @@ class RequestError(InputError):
         self.status = status
 
 
+def _json_type(value):
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
 def _check_text(text, max_chars):
     if not isinstance(text, str):
-        raise RequestError(f"'text' must be a string, got {type(text).__name__}")
+        raise RequestError(f"'text' must be a string, got {_json_type(text)}")
     if not text.strip():
         raise RequestError("'text' is empty")
     if len(text) > max_chars:
@@ -36,7 +41,7 @@ def _check_text(text, max_chars):
 
 def _check_top_k(value, num_labels):
     if isinstance(value, bool) or not isinstance(value, int):
-        raise RequestError(f"'top_k' must be an integer, got {type(value).__name__}")
+        raise RequestError(f"'top_k' must be an integer, got {_json_type(value)}")
     if not 1 <= value <= num_labels:
         raise RequestError(f"'top_k' must be between 1 and {num_labels}, got {value}")
     return value
@@ -44,7 +49,7 @@ def _check_top_k(value, num_labels):
 
 def _from_json(obj, num_labels, top_k, max_chars):
     if not isinstance(obj, dict):
-        raise RequestError(f"the JSON body must be an object like {{\"text\": \"...\"}}, got a {type(obj).__name__}")
+        raise RequestError(f"the JSON body must be an object like {{\"text\": \"...\"}}, got {_json_type(obj)}")
     unknown = sorted(set(obj) - {"text", "top_k"})
     if unknown:
         raise RequestError(f"unknown field {unknown[0]!r}; allowed fields: text, top_k")
@@ -68,12 +73,14 @@ def parse_request(row, content_type, num_labels, top_k=1, max_chars=20000):
     (leaving bytes where that failed); either may also arrive as raw bytes.
     """
     media = (content_type or "").split(";")[0].strip().lower()
-    body = row.get("data") if row.get("data") is not None else row.get("body")
-    if body is None:
+    present = [k for k in ("data", "body") if k in row]
+    key = next((k for k in present if row[k] is not None), present[0] if present else None)
+    if key is None:
         if "text" in row:   # a form field named text (curl --data-urlencode text=...)
             value = row["text"]
             return _check_text(_decode(value) if isinstance(value, (bytes, bytearray)) else value, max_chars), top_k
         raise RequestError(f"no text found in the request (a form-encoded body without a 'text' field?): {HOW}")
+    body = row[key]
     if media in JSON_TYPES:
         if isinstance(body, (bytes, bytearray)):
             try:
@@ -84,5 +91,7 @@ def parse_request(row, content_type, num_labels, top_k=1, max_chars=20000):
                 raise RequestError(f"the body is not valid JSON: {e}") from None
         return _from_json(body, num_labels, top_k, max_chars)
     if media in TEXT_TYPES:
+        if not isinstance(body, (str, bytes, bytearray)):
+            raise RequestError(f"the body could not be read as text: {HOW}")
         return _check_text(body if isinstance(body, str) else _decode(body), max_chars), top_k
     raise RequestError(f"unsupported Content-Type {media!r}: {HOW}", 415)

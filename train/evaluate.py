@@ -41,9 +41,13 @@ def measure_speed(predictor, texts, latency_examples=200, batch_size=32):
         started = time.perf_counter()
         predictor.predict_proba([t], batch_size=1)
         times.append(time.perf_counter() - started)
-    predictor.predict_proba(texts[:batch_size], batch_size=batch_size)
+    # batches in random order, as a server sees them (predict_proba alone would sort by length)
+    shuffled = list(texts)
+    np.random.default_rng(0).shuffle(shuffled)
+    predictor.predict_proba(shuffled[:batch_size], batch_size=batch_size)
     started = time.perf_counter()
-    predictor.predict_proba(texts, batch_size=batch_size)
+    for start in range(0, len(shuffled), batch_size):
+        predictor.predict_proba(shuffled[start: start + batch_size], batch_size=batch_size)
     elapsed = time.perf_counter() - started
     return {"ms_per_example_batch1": 1000 * float(np.median(times)),
             "ms_per_example_batch1_mean": 1000 * float(np.mean(times)),
@@ -103,7 +107,7 @@ def main(argv=None):
         "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in errors[: args.worst]), encoding="utf-8")
     from .plots import plot_confusion
     plot_confusion(result["confusion"], predictor.labels, out / f"{stem}-confusion.png",
-                   f"{ckpt.parent.name}/{ckpt.name} on {path.name}: accuracy {result['accuracy']:.4f}")
+                   f"{ckpt.parent.name}/{ckpt.name}\n{path.name}: accuracy {result['accuracy']:.4f}")
     print(f"wrote {out / (stem + '.json')}, {stem}-confusion.png, {stem}-errors.jsonl")
     return 0
 

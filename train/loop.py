@@ -3,6 +3,7 @@ import json
 import logging
 import math
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -72,7 +73,8 @@ def fit(model, tokenizer, labels, dataset, cfg, device, start_epoch=0):
         order = list(range(len(train)))
         rng.shuffle(order)
         started, total_loss, seen = time.time(), 0.0, 0
-        bar = tqdm(range(0, len(order), cfg.batch_size), desc=f"epoch {epoch}", unit="batch", leave=False)
+        bar = tqdm(range(0, len(order), cfg.batch_size), desc=f"epoch {epoch}", unit="batch", leave=False,
+                   mininterval=0.1 if sys.stderr.isatty() else 30)
         for start in bar:
             batch = [train[i] for i in order[start: start + cfg.batch_size]]
             enc = predictor.encode([e.text for e in batch])
