@@ -64,12 +64,7 @@ class ModelConfig:
 
     @classmethod
     def from_json_file(cls, path):
-        try:
-            raw = json.loads(Path(path).read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise CheckpointError(f"{path} is missing") from None
-        except (ValueError, UnicodeDecodeError) as e:
-            raise CheckpointError(f"{path} is not valid JSON: {e}") from None
+        raw = read_json(path)
         if not isinstance(raw, dict):
             raise CheckpointError(f"{path} must hold a JSON object")
         known = {f.name for f in dataclasses.fields(cls)}
@@ -79,17 +74,21 @@ class ModelConfig:
         return cls(**raw).validate()
 
 
+def read_json(path):
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} is missing") from None
+    except (ValueError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is not valid JSON: {e}") from None
+
+
 def save_labels(labels, path):
     Path(path).write_text(json.dumps(list(labels), ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
 
 
 def load_labels(path):
-    try:
-        labels = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"{path} is missing") from None
-    except (ValueError, UnicodeDecodeError) as e:
-        raise CheckpointError(f"{path} is not valid JSON: {e}") from None
+    labels = read_json(path)
     if not isinstance(labels, list) or not all(isinstance(x, str) and x for x in labels):
         raise CheckpointError(f"{path} must be a JSON list of non-empty strings")
     if len(set(labels)) != len(labels):

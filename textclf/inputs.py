@@ -21,6 +21,12 @@ class RequestError(InputError):
         self.status = status
 
 
+def _shown(value, limit=40):
+    """repr() of a client-supplied name, cut to `limit` characters: messages go back to the client and into
+    the log at INFO, so they must not carry (much of) the request itself."""
+    return repr(value) if len(value) <= limit else repr(value[:limit]) + f"... ({len(value)} characters)"
+
+
 def _json_type(value):
     names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
     return "null" if value is None else names.get(type(value), type(value).__name__)
@@ -52,7 +58,7 @@ def _from_json(obj, num_labels, top_k, max_chars):
         raise RequestError(f"the JSON body must be an object like {{\"text\": \"...\"}}, got {_json_type(obj)}")
     unknown = sorted(set(obj) - {"text", "top_k"})
     if unknown:
-        raise RequestError(f"unknown field {unknown[0]!r}; allowed fields: text, top_k")
+        raise RequestError(f"unknown field {_shown(unknown[0])}; allowed fields: text, top_k")
     if "text" not in obj:
         raise RequestError("the JSON body has no 'text' field")
     text = _check_text(obj["text"], max_chars)
@@ -94,4 +100,4 @@ def parse_request(row, content_type, num_labels, top_k=1, max_chars=20000):
         if not isinstance(body, (str, bytes, bytearray)):
             raise RequestError(f"the body could not be read as text: {HOW}")
         return _check_text(body if isinstance(body, str) else _decode(body), max_chars), top_k
-    raise RequestError(f"unsupported Content-Type {media!r}: {HOW}", 415)
+    raise RequestError(f"unsupported Content-Type {_shown(media)}: {HOW}", 415)

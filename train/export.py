@@ -24,11 +24,19 @@ CHECK_TEXTS = ["play some jazz by miles davis", "what will the weather be like t
                "book a table for two", "x", "rate this book five stars out of six " * 8]
 
 
+def layer_list(text):
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(description="Write a lighter variant of a checkpoint.")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", required=True, help="new checkpoint folder")
-    p.add_argument("--remove-layers", default="", help="comma-separated transformer layer indices to drop")
+    p.add_argument("--remove-layers", type=layer_list, default=[],
+                   help="comma-separated transformer layer indices to drop")
     kind = p.add_mutually_exclusive_group()
     kind.add_argument("--int8", action="store_true", help="dynamic int8 quantization of the Linear layers (CPU)")
     kind.add_argument("--onnx", action="store_true", help="an ONNX graph run by onnxruntime")
@@ -59,12 +67,15 @@ def run(args):
         raise CheckpointError(f"{src} is already quantized; export from the float checkpoint")
     reference = Predictor(model, tokenizer, labels, model.config.max_length).predict_proba(CHECK_TEXTS)
     config = copy.deepcopy(model.config)
-    drop = [int(x) for x in args.remove_layers.split(",") if x.strip()]
+    drop = args.remove_layers
     if drop:
         if config.embedding != "transformer":
             raise CheckpointError("--remove-layers needs a transformer checkpoint")
+        # record indices of the original model: map the current positions back through earlier removals
+        before = model.embedding.model.config.num_hidden_layers + len(config.removed_layers)
+        kept = [i for i in range(before) if i not in set(config.removed_layers)]
         remove_layers(model.embedding.model, drop)
-        config.removed_layers = config.removed_layers + drop
+        config.removed_layers = sorted(config.removed_layers + [kept[i] for i in drop])
     if args.int8:
         model = quantize(model)
         config.quantization = "dynamic-int8"

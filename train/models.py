@@ -49,7 +49,8 @@ def build(cfg, texts, num_labels):
         removed_layers=cfg.int_list("remove_layers"), freeze_transformer=cfg.freeze_transformer,
         kernel_sizes=cfg.int_list("kernel_sizes"), num_filters=cfg.num_filters,
         densenet_layers=cfg.densenet_layers, densenet_growth=cfg.densenet_growth,
-        dsa_heads=cfg.dsa_heads, dsa_iterations=cfg.dsa_iterations)
+        densenet_kernel_size=cfg.densenet_kernel_size, dsa_heads=cfg.dsa_heads, dsa_size=cfg.dsa_size,
+        dsa_iterations=cfg.dsa_iterations)
     if kind == "transformer":
         config.validate()
         tokenizer = HFTokenizer.load(source)
