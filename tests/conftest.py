@@ -3,11 +3,14 @@ a toy separable dataset and one tiny model trained on it with `python -m train` 
 
 Everything expensive is built once per test run; tests that modify a checkpoint copy it first.
 """
+import contextlib
+import pickle
 import random
 import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -128,3 +131,78 @@ def tiny_ckpt(tiny_run):
 def ckpt_copy(tiny_ckpt, tmp_path):
     """A private copy of the trained checkpoint, for tests that damage it."""
     return Path(shutil.copytree(tiny_ckpt, tmp_path / "checkpoint"))
+
+
+def write_glove(path, dim=8):
+    """A tiny GloVe text file in which each label's keywords share a direction, as pretrained vectors
+    would; plus two fillers and two weather words the toy data never uses."""
+    rng = np.random.default_rng(0)
+    vectors = {}
+    for k, label in enumerate(sorted(KEYWORDS)):
+        for word in KEYWORDS[label] + (["umbrella", "drizzle"] if label == "weather" else []):
+            vectors[word] = (3.0 * np.eye(dim)[k] + rng.normal(scale=0.3, size=dim)).round(4)
+    for word in ("the", "me"):
+        vectors[word] = rng.normal(scale=0.3, size=dim).round(4)
+    order = ["the", "umbrella", "drizzle"] + [w for w in vectors if w not in ("the", "umbrella", "drizzle")]
+    path.write_text("".join(f"{w} {' '.join(str(x) for x in vectors[w])}\n" for w in order), encoding="utf-8")
+    return vectors
+
+
+@pytest.fixture(scope="session")
+def glove_cnn_ckpt(tmp_path_factory, toy_data_dir):
+    """checkpoint-best of a tiny GloVe (text file) + CNN run on the toy set: the word-embedding fixture model."""
+    from train.__main__ import main
+
+    base = tmp_path_factory.mktemp("glove-cnn")
+    write_glove(base / "vectors.txt")
+    out = base / "toy-glove-cnn"
+    rc = main(train_args(toy_data_dir, out, f"glove:{base / 'vectors.txt'}", encoder="cnn", epochs=8, lr="1e-2",
+                         extra=["--num-filters", "8", "--glove-top", "3"]))
+    assert rc == 0, f"training the GloVe + CNN fixture model failed with exit code {rc}"
+    return out / "checkpoint-best"
+
+
+# ---- no pickle anywhere: checkpoints are safetensors + JSON (+ ONNX)
+
+@contextlib.contextmanager
+def refusing_pickle(saving=False):
+    """Fail loudly if anything unpickles (torch.load, pickle.load[s]); with saving, also if anything
+    pickles (torch.save, pickle.dump[s])."""
+    import torch
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a checkpoint reader or writer called pickle / torch.load / torch.save")
+    names = [(pickle, "load"), (pickle, "loads"), (torch, "load")]
+    if saving:
+        names += [(pickle, "dump"), (pickle, "dumps"), (torch, "save")]
+    with pytest.MonkeyPatch.context() as mp:
+        for module, name in names:
+            mp.setattr(module, name, refuse)
+        yield
+
+
+@pytest.fixture
+def no_pickle():
+    """Loading must never unpickle."""
+    with refusing_pickle():
+        yield
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory):
+    """export(checkpoint, *flags) -> folder written by `python -m train.export` in-process, made once per
+    (checkpoint, flags) per test run and never pickling. Tests must not modify the folders."""
+    from train.export import main
+
+    done = {}
+
+    def export(checkpoint, *flags):
+        key = (str(checkpoint), flags)
+        if key not in done:
+            out = tmp_path_factory.mktemp("export") / ("-".join(f.strip("-") for f in flags) or "copy")
+            with refusing_pickle(saving=True):
+                rc = main(["--checkpoint", str(checkpoint), "--out", str(out), *flags])
+            assert rc == 0, f"train.export {' '.join(flags)} of {checkpoint} exited with {rc}"
+            done[key] = out
+        return done[key]
+    return export

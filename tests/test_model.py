@@ -125,16 +125,6 @@ def test_unknown_names_list_the_choices(field, value, expected):
 
 # ---- strict loading of a damaged checkpoint (a copy of the trained tiny model)
 
-@pytest.fixture
-def no_pickle(monkeypatch):
-    """Loading must never unpickle: fail loudly if anything tries."""
-    def refuse(*args, **kwargs):
-        raise AssertionError("a checkpoint loader called pickle / torch.load")
-    for name in ("load", "loads"):
-        monkeypatch.setattr(pickle, name, refuse)
-    monkeypatch.setattr(torch, "load", refuse)
-
-
 def edit_json(path, change):
     data = json.loads(path.read_text())
     data = change(data) or data

@@ -1,16 +1,10 @@
 """One real TorchServe on 127.0.0.1: the tiny model archived with ./archive.sh, served with the repository's
-config.properties (token auth on, URLs refused) on free ports, PYTHONPATH unset, a private temp folder.
+config.properties (token auth on, URLs refused) on free ports, PYTHONPATH unset, a private temp folder
+(tests/tsutil.py does the starting and stopping).
 
 Select with `-m serving`, skip with `-m "not serving"`. About a minute on 2 cores, mostly start-up.
 """
-import json
 import os
-import shutil
-import signal
-import socket
-import subprocess
-import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -19,12 +13,11 @@ import requests
 
 from conftest import PROBE_TEXTS, ROOT
 from textclf.predict import Predictor
+from tsutil import HTTP_TIMEOUT, torchserve
 
 pytestmark = pytest.mark.serving
 
 MODEL = "tinytest"
-START_TIMEOUT = 120     # seconds until the first prediction must answer
-HTTP_TIMEOUT = 30
 MODEL_CONFIG = """\
 minWorkers: 1
 maxWorkers: 1
@@ -38,184 +31,12 @@ handler:
 """
 
 
-def free_ports(n):
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
-def write_config(path, ports):
-    """The repository's config.properties with free loopback ports and an absolute model store."""
-    overrides = {
-        "inference_address": f"http://127.0.0.1:{ports[0]}",
-        "management_address": f"http://127.0.0.1:{ports[1]}",
-        "metrics_address": f"http://127.0.0.1:{ports[2]}",
-        "grpc_inference_port": str(ports[3]),
-        "grpc_management_port": str(ports[4]),
-        "model_store": str(ROOT / "model_store"),
-        "vmargs": "-Xmx512m -XX:+UseSerialGC",
-    }
-    kept = [line for line in (ROOT / "config.properties").read_text().splitlines()
-            if line.split("=", 1)[0].strip() not in overrides]
-    settings = dict(line.split("=", 1) for line in kept if "=" in line and not line.lstrip().startswith("#"))
-    assert settings.get("disable_token_authorization") == "false", "the shipped config must keep token auth on"
-    assert settings.get("enable_model_api") == "false"
-    path.write_text("\n".join(kept + [f"{k}={v}" for k, v in overrides.items()]) + "\n")
-    return overrides
-
-
-def log_tail(folder, lines=40):
-    out = []
-    for name in ("ts_log.log", "model_log.log"):
-        path = folder / "logs" / name
-        if path.is_file():
-            out.append(f"--- {name}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:]))
-    return "\n".join(out)
-
-
-class Server:
-    def __init__(self, inference, management, keys, run_dir, tmp):
-        self.inference, self.management, self.run_dir, self.tmp = inference, management, run_dir, tmp
-        self.auth = {"Authorization": f"Bearer {keys['inference']['key']}"}
-        self.manage_auth = {"Authorization": f"Bearer {keys['management']['key']}"}
-
-    def predict(self, content_type="text/plain", data=None, json_body=None, headers=None, auth=True):
-        """POST /predictions/MODEL. content_type None sends no Content-Type header at all."""
-        h = dict(self.auth) if auth else {}
-        if content_type is not None:
-            h["Content-Type"] = content_type
-        if json_body is not None:
-            data = json.dumps(json_body).encode("utf-8")
-        h.update(headers or {})
-        return requests.post(f"{self.inference}/predictions/{MODEL}", data=data, headers=h, timeout=HTTP_TIMEOUT)
-
-    def handler_calls(self):
-        """How many batches the handler has run so far (one HandlerTime metric each), once the count settles."""
-        path, last = self.run_dir / "logs" / "model_metrics.log", -1
-        for _ in range(20):
-            count = path.read_text(errors="replace").count("HandlerTime") if path.is_file() else 0
-            if count == last:
-                return count
-            last = count
-            time.sleep(0.5)
-        return last
-
-    def manage(self, method, path, auth=True):
-        return requests.request(method, self.management + path, headers=self.manage_auth if auth else {},
-                                timeout=HTTP_TIMEOUT)
-
-
-def _environment(tmp):
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    bin_dirs = [str(Path(sys.executable).parent), str(ROOT / ".venv" / "bin")]
-    env.update(TMPDIR=str(tmp), TEMP=str(tmp), TMP=str(tmp), OMP_NUM_THREADS="1",
-               PATH=os.pathsep.join(bin_dirs + [env.get("PATH", "")]))
-    return env
-
-
-def _wait_until_serving(launcher, run_dir, config, pid_file):
-    deadline = time.monotonic() + START_TIMEOUT
-    key_file = run_dir / "key_file.json"
-    while time.monotonic() < deadline:
-        if launcher.poll() not in (None, 0):
-            pytest.fail(f"torchserve --start exited with {launcher.returncode}\n{log_tail(run_dir)}")
-        if pid_file.is_file() and launcher.poll() == 0:
-            pid = int(pid_file.read_text().split()[0])
-            if not _alive(pid):
-                pytest.fail(f"the TorchServe frontend (pid {pid}) died\n{log_tail(run_dir)}")
-        if key_file.is_file():
-            try:
-                server = Server(config["inference_address"], config["management_address"],
-                                json.loads(key_file.read_text()), run_dir, pid_file.parent)
-                if server.predict(data=b"warm up").status_code == 200:
-                    return server
-            except (ValueError, KeyError, requests.RequestException):
-                pass   # key file half written, or the port not open yet
-        time.sleep(1)
-    pytest.fail(f"no prediction within {START_TIMEOUT}s\n{log_tail(run_dir)}")
-
-
-def _alive(pid):
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _group_alive(pgid):
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def _stop(env, run_dir, launcher):
-    """torchserve --stop (same TMPDIR and working dir as --start); then the process group as a fallback."""
-    try:
-        launcher.wait(timeout=10)   # `--start` returns at once; reap it so its group check sees only the server
-    except subprocess.TimeoutExpired:
-        pass
-    try:
-        subprocess.run(["torchserve", "--stop"], env=env, cwd=run_dir, timeout=60,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    except (OSError, subprocess.TimeoutExpired):
-        pass
-    pgid = launcher.pid   # start_new_session: the frontend and its workers share the launcher's group
-    for sig, wait in ((None, 30), (signal.SIGTERM, 10), (signal.SIGKILL, 5)):
-        if sig is not None and _group_alive(pgid):
-            try:
-                os.killpg(pgid, sig)
-            except ProcessLookupError:
-                break
-        end = time.monotonic() + wait
-        while _group_alive(pgid) and time.monotonic() < end:
-            time.sleep(0.5)
-        if not _group_alive(pgid):
-            break
-    if launcher.poll() is None:
-        launcher.kill()
-    launcher.wait(timeout=10)
-
-
 @pytest.fixture(scope="module")
 def server(tiny_ckpt, tmp_path_factory):
-    if shutil.which("java") is None:
-        pytest.skip("Java 17 is needed for TorchServe's frontend (run ./setup.sh)")
     base = tmp_path_factory.mktemp("torchserve")
-    tmp, run_dir = base / "tmp", base / "cwd"
-    tmp.mkdir()
-    run_dir.mkdir()
-    env = _environment(tmp)
-
     (base / "model-config.yaml").write_text(MODEL_CONFIG)
-    mar = ROOT / "model_store" / f"{MODEL}.mar"
-    try:
-        archived = subprocess.run([str(ROOT / "archive.sh"), str(tiny_ckpt), MODEL], cwd=ROOT, timeout=180,
-                                  env={**env, "MODEL_CONFIG": str(base / "model-config.yaml")},
-                                  capture_output=True, text=True)
-        assert archived.returncode == 0, archived.stderr + archived.stdout
-        assert mar.is_file()
-        config = write_config(base / "config.properties", free_ports(5))
-        with open(base / "launcher.log", "wb") as log:
-            launcher = subprocess.Popen(
-                ["torchserve", "--start", "--ncs", "--ts-config", str(base / "config.properties"),
-                 "--model-store", str(ROOT / "model_store"), "--models", f"{MODEL}={MODEL}.mar"],
-                cwd=run_dir, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True)
-        try:
-            yield _wait_until_serving(launcher, run_dir, config, tmp / ".model_server.pid")
-        finally:
-            _stop(env, run_dir, launcher)
-    finally:
-        mar.unlink(missing_ok=True)
+    with torchserve(base, {MODEL: tiny_ckpt}, base / "model-config.yaml") as server:
+        yield server
 
 
 @pytest.fixture(scope="module")

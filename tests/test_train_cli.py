@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from conftest import KEYWORDS, train_args, write_toy_dataset
+from conftest import KEYWORDS, train_args, write_glove, write_toy_dataset
 from textclf.predict import Predictor
 from train.__main__ import main
 from train.data import load_dataset
@@ -68,21 +68,6 @@ def test_random_word_embedding_run(tmp_path, toy_data_dir):
     assert config["vocab_size"] == len([w for w in vocab if w])
     assert not (out / "checkpoint-best" / "transformer").exists()
     assert summary["test_accuracy"] >= 0.9, summary
-
-
-def write_glove(path, dim=8):
-    """A tiny GloVe text file in which each label's keywords share a direction, as pretrained vectors
-    would; plus two fillers and two weather words the toy data never uses."""
-    rng = np.random.default_rng(0)
-    vectors = {}
-    for k, label in enumerate(sorted(KEYWORDS)):
-        for word in KEYWORDS[label] + (["umbrella", "drizzle"] if label == "weather" else []):
-            vectors[word] = (3.0 * np.eye(dim)[k] + rng.normal(scale=0.3, size=dim)).round(4)
-    for word in ("the", "me"):
-        vectors[word] = rng.normal(scale=0.3, size=dim).round(4)
-    order = ["the", "umbrella", "drizzle"] + [w for w in vectors if w not in ("the", "umbrella", "drizzle")]
-    path.write_text("".join(f"{w} {' '.join(str(x) for x in vectors[w])}\n" for w in order), encoding="utf-8")
-    return vectors
 
 
 def test_glove_text_file_run(tmp_path, toy_data_dir):
