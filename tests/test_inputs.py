@@ -160,3 +160,13 @@ def test_form_with_other_fields_only():
 def test_text_over_max_chars(row, content_type):
     message = refused(row, content_type, status=413, max_chars=100)
     assert "the limit is 100" in message
+
+
+def test_client_supplied_names_are_cut_in_messages():
+    # Messages go back to the client and into the worker log at INFO: a 60,000-character field name or
+    # content type must not travel with them.
+    message = refused({"body": {"k" * 60000: 1}}, JSON)
+    assert "unknown field 'kkkk" in message and "(60000 characters)" in message and len(message) < 200
+    message = refused({"body": b"play jazz"}, "application/" + "x" * 5000, status=415)
+    assert "unsupported Content-Type 'application/xxx" in message and "(5012 characters)" in message
+    assert len(message) < 250
