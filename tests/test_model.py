@@ -34,7 +34,7 @@ def sharpen(model):
 def transformer_model(tiny_bert_dir, encoder):
     torch.manual_seed(0)
     config = ModelConfig(embedding="transformer", encoder=encoder, **SMALL).validate()
-    model = TextClassifier.for_transformer(config, TransformerEmbedding.from_pretrained(tiny_bert_dir))
+    model = TextClassifier(config, TransformerEmbedding.from_pretrained(tiny_bert_dir))
     return sharpen(model).eval(), HFTokenizer.load(tiny_bert_dir)
 
 

@@ -54,7 +54,8 @@ def _quantized_modules(model):
     return {name: m for name, m in model.named_modules() if hasattr(m, "_packed_params")}
 
 
-def _state_to_save(model):
+def _state_entries(model):
+    """What model.safetensors holds for this model: float tensors, int8 weights with scale and zero point."""
     qmods = _quantized_modules(model)
     state = {k: v for k, v in model.state_dict().items()
              if isinstance(v, torch.Tensor) and not any(k.startswith(q + ".") for q in qmods)}
@@ -67,12 +68,16 @@ def _state_to_save(model):
         state[f"{name}.weight_zero_point"] = torch.tensor(w.q_zero_point(), dtype=torch.int64)
         if b is not None:
             state[f"{name}.bias"] = b
-    return {k: v.detach().contiguous().clone() for k, v in state.items()}
+    return state
+
+
+def _state_to_save(model):
+    return {k: v.detach().contiguous().clone() for k, v in _state_entries(model).items()}
 
 
 def _load_state(model, state, path):
     qmods = _quantized_modules(model)
-    expected = {k: v for k, v in _state_to_save(model).items()}
+    expected = _state_entries(model)
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:

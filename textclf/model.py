@@ -1,7 +1,7 @@
 """TextClassifier: embedding -> encoder -> dropout -> linear -> logits."""
 from torch import nn
 
-from .embeddings import TransformerEmbedding, WordEmbedding
+from .embeddings import WordEmbedding
 from .encoders import ENCODERS
 
 
@@ -17,10 +17,6 @@ class TextClassifier(nn.Module):
     @classmethod
     def for_words(cls, config, frozen_rows=None):
         return cls(config, WordEmbedding(config.vocab_size, config.embedding_dim, frozen_rows))
-
-    @classmethod
-    def for_transformer(cls, config, transformer: TransformerEmbedding):
-        return cls(config, transformer)
 
     def forward(self, input_ids, attention_mask):
         states = self.embedding(input_ids, attention_mask)        # (B, T, D)
