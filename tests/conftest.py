@@ -133,6 +133,14 @@ def ckpt_copy(tiny_ckpt, tmp_path):
     return Path(shutil.copytree(tiny_ckpt, tmp_path / "checkpoint"))
 
 
+def run_failing_cli(main, capfd, caplog, args):
+    """Run a CLI main() in-process -> (exit code, what it logged and printed); it must print no traceback."""
+    rc = main(args)
+    captured = capfd.readouterr()
+    assert "Traceback" not in captured.out + captured.err
+    return rc, caplog.text + captured.err
+
+
 def write_glove(path, dim=8):
     """A tiny GloVe text file in which each label's keywords share a direction, as pretrained vectors
     would; plus two fillers and two weather words the toy data never uses."""

@@ -7,7 +7,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from conftest import PROBE_TEXTS, refusing_pickle, toy_lines
+from conftest import PROBE_TEXTS, refusing_pickle, run_failing_cli, toy_lines
 from textclf.checkpoint import load_checkpoint, save_checkpoint
 from textclf.config import ModelConfig
 from textclf.embeddings import remove_layers
@@ -153,13 +153,6 @@ def test_remove_layers_and_int8(exported, source, tmp_path):
 
 # ---- refusals
 
-def run_bad(caplog, capfd, args):
-    rc = main(args)
-    captured = capfd.readouterr()
-    assert "Traceback" not in captured.out + captured.err
-    return rc, caplog.text + captured.err
-
-
 def test_onnx_and_int8_together_are_refused_by_argparse(tiny_ckpt, tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["--checkpoint", str(tiny_ckpt), "--out", str(tmp_path / "out"), "--onnx", "--int8"])
@@ -171,7 +164,7 @@ def test_onnx_and_int8_together_are_refused_by_argparse(tiny_ckpt, tmp_path, cap
 @pytest.mark.parametrize("flags", [["--int8"], ["--onnx"], ["--remove-layers", "0"]])
 def test_exporting_a_quantized_checkpoint_exits_2(exported, tiny_ckpt, tmp_path, caplog, capfd, flags):
     quantized = exported(tiny_ckpt, "--int8")
-    rc, text = run_bad(caplog, capfd, ["--checkpoint", str(quantized), "--out", str(tmp_path / "out"), *flags])
+    rc, text = run_failing_cli(main, capfd, caplog, ["--checkpoint", str(quantized), "--out", str(tmp_path / "out"), *flags])
     assert rc == 2
     assert "already quantized" in text and "export from the float checkpoint" in text
     assert not (tmp_path / "out").exists()
@@ -179,7 +172,7 @@ def test_exporting_a_quantized_checkpoint_exits_2(exported, tiny_ckpt, tmp_path,
 
 @pytest.mark.parametrize("layers", ["2", "0,5", "-1"])
 def test_removing_a_layer_out_of_range_exits_2(tiny_ckpt, tmp_path, caplog, capfd, layers):
-    rc, text = run_bad(caplog, capfd, ["--checkpoint", str(tiny_ckpt), "--out", str(tmp_path / "out"),
+    rc, text = run_failing_cli(main, capfd, caplog, ["--checkpoint", str(tiny_ckpt), "--out", str(tmp_path / "out"),
                                        "--remove-layers", layers])
     assert rc == 2
     assert "the model has layers 0..1" in text, text
@@ -187,7 +180,7 @@ def test_removing_a_layer_out_of_range_exits_2(tiny_ckpt, tmp_path, caplog, capf
 
 
 def test_remove_layers_on_a_word_model_exits_2(glove_cnn_ckpt, tmp_path, caplog, capfd):
-    rc, text = run_bad(caplog, capfd, ["--checkpoint", str(glove_cnn_ckpt), "--out", str(tmp_path / "out"),
+    rc, text = run_failing_cli(main, capfd, caplog, ["--checkpoint", str(glove_cnn_ckpt), "--out", str(tmp_path / "out"),
                                        "--remove-layers", "0"])
     assert rc == 2
     assert "--remove-layers needs a transformer checkpoint" in text
@@ -196,7 +189,7 @@ def test_remove_layers_on_a_word_model_exits_2(glove_cnn_ckpt, tmp_path, caplog,
 
 def test_out_equal_to_the_checkpoint_exits_2(ckpt_copy, caplog, capfd):
     before = {p.name: p.stat().st_mtime_ns for p in ckpt_copy.iterdir()}
-    rc, text = run_bad(caplog, capfd, ["--checkpoint", str(ckpt_copy), "--out", str(ckpt_copy), "--int8"])
+    rc, text = run_failing_cli(main, capfd, caplog, ["--checkpoint", str(ckpt_copy), "--out", str(ckpt_copy), "--int8"])
     assert rc == 2 and "--out must differ from --checkpoint" in text
     assert {p.name: p.stat().st_mtime_ns for p in ckpt_copy.iterdir()} == before
 

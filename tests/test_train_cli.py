@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from safetensors.torch import load_file
 
-from conftest import KEYWORDS, train_args, write_glove, write_toy_dataset
+from conftest import KEYWORDS, run_failing_cli, train_args, write_glove, write_toy_dataset
 from textclf.predict import Predictor
 from train.__main__ import main
 from train.data import load_dataset
@@ -89,19 +89,12 @@ def test_glove_text_file_run(tmp_path, toy_data_dir):
     assert summary["test_accuracy"] >= 0.9, summary
 
 
-def run_bad(capfd, caplog, args):
-    rc = main(args)
-    captured = capfd.readouterr()
-    assert "Traceback" not in captured.err + captured.out
-    return rc, caplog.text + captured.err
-
-
 def test_malformed_data_exits_2_without_traceback(tmp_path, capfd, caplog):
     folder = write_toy_dataset(tmp_path / "data")
     lines = (folder / "train.txt").read_text().splitlines()
     lines[6] = "a line without any tab"
     (folder / "train.txt").write_text("\n".join(lines) + "\n")
-    rc, text = run_bad(capfd, caplog, train_args(folder, tmp_path / "run", "random", encoder="cnn"))
+    rc, text = run_failing_cli(main, capfd, caplog, train_args(folder, tmp_path / "run", "random", encoder="cnn"))
     assert rc == 2
     assert f"{folder / 'train.txt'}:7: expected 2 tab-separated fields" in text
     assert not (tmp_path / "run" / "checkpoint-best").exists()
@@ -111,7 +104,7 @@ def test_unseen_valid_label_exits_2(tmp_path, capfd, caplog):
     folder = write_toy_dataset(tmp_path / "data")
     with (folder / "valid.txt").open("a") as f:
         f.write("book a flight to paris\ttravel\n")
-    rc, text = run_bad(capfd, caplog, train_args(folder, tmp_path / "run", "random", encoder="cnn"))
+    rc, text = run_failing_cli(main, capfd, caplog, train_args(folder, tmp_path / "run", "random", encoder="cnn"))
     assert rc == 2
     assert f"{folder / 'valid.txt'}:31:" in text and "'travel'" in text
 
@@ -121,12 +114,12 @@ def test_unseen_valid_label_exits_2(tmp_path, capfd, caplog):
     ("no-such-embedding", "cnn", "not an embedding"),
 ])
 def test_bad_model_choice_exits_2(tmp_path, toy_data_dir, capfd, caplog, embedding, encoder, message):
-    rc, text = run_bad(capfd, caplog, train_args(toy_data_dir, tmp_path / "run", embedding, encoder=encoder))
+    rc, text = run_failing_cli(main, capfd, caplog, train_args(toy_data_dir, tmp_path / "run", embedding, encoder=encoder))
     assert rc == 2
     assert message in text
 
 
 def test_missing_data_folder_exits_2(tmp_path, capfd, caplog):
-    rc, text = run_bad(capfd, caplog, train_args(tmp_path / "nowhere", tmp_path / "run", "random", encoder="cnn"))
+    rc, text = run_failing_cli(main, capfd, caplog, train_args(tmp_path / "nowhere", tmp_path / "run", "random", encoder="cnn"))
     assert rc == 2
     assert "no train.txt or train.tsv" in text
