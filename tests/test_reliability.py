@@ -48,7 +48,7 @@ def served(tiny_ckpt, toy_data_dir, tmp_path_factory):
     (base / "model-config.yaml").write_text(MODEL_CONFIG)
     archive(tiny_ckpt, MODEL, base / "store", base / "model-config.yaml")
     ts = TorchServe(base / "ts", base / "store", {MODEL: f"{MODEL}.mar"},
-                    {"job_queue_size": str(QUEUE), "vmargs": "-Xmx512m -XX:+UseSerialGC"})
+                    {"job_queue_size": str(QUEUE)})
     ts.start()
     try:
         ts.wait_ready(MODEL, timeout=180)

@@ -25,8 +25,8 @@ ARCHIVE_TIMEOUT = 180
 
 
 def write_config(path, model_store):
-    """The repository's config.properties with free loopback ports, an absolute model store and a small heap."""
-    settings = _write_config(path, model_store, {"vmargs": "-Xmx512m -XX:+UseSerialGC"})
+    """The repository's config.properties as shipped, with free loopback ports and an absolute model store."""
+    settings = _write_config(path, model_store, {})
     assert settings.get("disable_token_authorization") == "false", "the shipped config must keep token auth on"
     assert settings.get("enable_model_api") == "false"
     return settings

@@ -88,7 +88,7 @@ def fit(model, tokenizer, labels, dataset, cfg, device, start_epoch=0):
             step += 1
             total_loss += loss.item() * len(batch)
             seen += len(batch)
-            bar.set_postfix(loss=f"{total_loss / seen:.4f}")
+            bar.set_postfix(loss=f"{total_loss / seen:.4f}", refresh=False)   # drawn at mininterval only
             writer.add_scalar("train/loss", loss.item(), step)
             writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
         model.eval()
