@@ -123,3 +123,33 @@ def test_missing_data_folder_exits_2(tmp_path, capfd, caplog):
     rc, text = run_failing_cli(main, capfd, caplog, train_args(tmp_path / "nowhere", tmp_path / "run", "random", encoder="cnn"))
     assert rc == 2
     assert "no train.txt or train.tsv" in text
+
+
+@pytest.mark.parametrize("buckets", [0, 4])
+def test_batch_order_covers_every_example_once(buckets):
+    import random
+    from types import SimpleNamespace
+    from train.loop import batch_order
+    rng = random.Random(0)
+    examples = [SimpleNamespace(text="w " * rng.randint(1, 60)) for _ in range(203)]
+    batches = batch_order(examples, 8, random.Random(1), buckets)
+    flat = [i for b in batches for i in b]
+    assert sorted(flat) == list(range(203))
+    assert all(1 <= len(b) <= 8 for b in batches)
+    assert sum(len(b) < 8 for b in batches) <= max(1, -(-203 // (8 * max(buckets, 1))))
+
+
+def test_length_buckets_cut_padding_and_keep_batches_shuffled():
+    import random
+    from types import SimpleNamespace
+    from train.loop import batch_order
+    rng = random.Random(0)
+    examples = [SimpleNamespace(text="w " * rng.randint(1, 60)) for _ in range(512)]
+
+    def padded(batches):
+        return sum(len(b) * max(len(examples[i].text) for i in b) for b in batches)
+
+    plain, bucketed = batch_order(examples, 16, random.Random(1)), batch_order(examples, 16, random.Random(1), 8)
+    assert padded(bucketed) < 0.8 * padded(plain)
+    longest = [max(len(examples[i].text) for i in b) for b in bucketed]
+    assert longest != sorted(longest) and longest != sorted(longest, reverse=True)

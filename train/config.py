@@ -29,6 +29,9 @@ class TrainConfig:
     max_length: int = _field(128, "tokens per text; longer texts are truncated")
     dropout: float = _field(0.1, "dropout before the classifier")
     seed: int = _field(42, "seed for initialisation, shuffling and the valid split")
+    length_buckets: int = _field(0, "if N > 0, batch texts of similar length together: shuffle, sort each run of "
+                                 "N batches by text length, cut it into batches and shuffle those (less padding, "
+                                 "faster on long or mixed-length data); 0: plain shuffled batches")
     limit: int = _field(0, "use only the first N training examples (0: all)")
     valid_fraction: float = _field(0.1, "share of train held out when the data has no valid file")
     patience: int = _field(0, "stop after this many epochs without a better valid accuracy (0: never)")

@@ -43,6 +43,24 @@ def _schedule(optimizer, cfg, steps_per_epoch):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def batch_order(examples, batch_size, rng, length_buckets=0):
+    """Index lists, one per training batch, in a random order.
+
+    With length_buckets = N > 0 the shuffled examples are taken N batches at a time, sorted by text length and
+    cut into batches, and the batches are shuffled: each batch pads to a length close to its texts' own."""
+    order = list(range(len(examples)))
+    rng.shuffle(order)
+    if length_buckets <= 0:
+        return [order[i: i + batch_size] for i in range(0, len(order), batch_size)]
+    span = batch_size * length_buckets
+    batches = []
+    for start in range(0, len(order), span):
+        run = sorted(order[start: start + span], key=lambda i: len(examples[i].text))
+        batches += [run[i: i + batch_size] for i in range(0, len(run), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
 def evaluate_examples(predictor, examples, batch_size=64):
     """Scores of a Predictor on examples; also returns the probabilities (N, C)."""
     index = {lab: i for i, lab in enumerate(predictor.labels)}
@@ -70,13 +88,11 @@ def fit(model, tokenizer, labels, dataset, cfg, device, start_epoch=0):
     step = 0
     for epoch in range(start_epoch + 1, start_epoch + cfg.epochs + 1):
         model.train()
-        order = list(range(len(train)))
-        rng.shuffle(order)
         started, total_loss, seen = time.time(), 0.0, 0
-        bar = tqdm(range(0, len(order), cfg.batch_size), desc=f"epoch {epoch}", unit="batch", leave=False,
-                   mininterval=0.1 if sys.stderr.isatty() else 30)
-        for start in bar:
-            batch = [train[i] for i in order[start: start + cfg.batch_size]]
+        bar = tqdm(batch_order(train, cfg.batch_size, rng, cfg.length_buckets), desc=f"epoch {epoch}",
+                   unit="batch", leave=False, mininterval=0.1 if sys.stderr.isatty() else 30)
+        for indices in bar:
+            batch = [train[i] for i in indices]
             enc = predictor.encode([e.text for e in batch])
             target = torch.tensor([index[e.label] for e in batch], device=device)
             loss = torch.nn.functional.cross_entropy(model(**enc), target)
