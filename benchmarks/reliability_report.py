@@ -143,7 +143,11 @@ def report(results, out):
 def write_report(results, out, record=None):
     text = report(results, out)
     (Path(out) / "RELIABILITY.md").write_text(text, encoding="utf-8")
-    if record:
+    if record:   # the plots stay in OUT: point the record's image links there
+        import os
+        rel = Path(os.path.relpath(Path(out).resolve(), Path(record).resolve().parent)).as_posix()
+        for name in ("overload.png", "kill.png", "soak_memory.png"):
+            text = text.replace(f"]({name})", f"]({rel}/{name})")
         Path(record).write_text(text, encoding="utf-8")
     return text
 
