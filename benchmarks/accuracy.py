@@ -14,6 +14,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results"
+RUNS = ROOT / "runs"
+EXPERIMENTS = ROOT / "benchmarks" / "experiments.json"
 
 
 def machine():
@@ -23,17 +25,31 @@ def machine():
     return f"{os.cpu_count()} cores, {cpu}"
 
 
-def run_one(exp, experiments):
-    run_dir = ROOT / "runs" / exp["name"]
+def stopped_run_summary(run_dir):
+    """summary.json's fields rebuilt from metrics.jsonl, for a run stopped before it wrote summary.json."""
+    epochs = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    if not epochs:
+        raise SystemExit(f"{run_dir}/metrics.jsonl: no finished epoch to evaluate")
+    return {"epochs": len(epochs), "train_seconds": round(sum(e["epoch_seconds"] for e in epochs), 1),
+            "best": max(epochs, key=lambda e: e["valid_accuracy"]), "stopped_early_by_hand": True}
+
+
+def run_one(exp, experiments, evaluate_only=False):
+    run_dir = RUNS / exp["name"]
     ckpt = run_dir / "checkpoint-best"
     started = time.time()
-    if "export" in exp:
-        base = ROOT / "runs" / exp["base"] / "checkpoint-best"
+    if evaluate_only:
+        if not (ckpt / "config.json").is_file():
+            raise SystemExit(f"--evaluate-only: {ckpt} has no checkpoint to evaluate")
+        cmd = [sys.executable, "-m", "train", "--data", exp["data"], "--out", str(run_dir), *exp["train"]]
+    elif "export" in exp:
+        base = RUNS / exp["base"] / "checkpoint-best"
         cmd = [sys.executable, "-m", "train.export", "--checkpoint", str(base), "--out", str(ckpt), *exp["export"]]
     else:
         cmd = [sys.executable, "-m", "train", "--data", exp["data"], "--out", str(run_dir), *exp["train"]]
-    print("+", " ".join(cmd), flush=True)
-    subprocess.run(cmd, cwd=ROOT, check=True)
+    if not evaluate_only:
+        print("+", " ".join(cmd), flush=True)
+        subprocess.run(cmd, cwd=ROOT, check=True)
     wall = time.time() - started
     data = exp.get("data") or next(e for e in experiments if e["name"] == exp["base"])["data"]
     subprocess.run([sys.executable, "-m", "train.evaluate", "--checkpoint", str(ckpt), "--data", data,
@@ -41,6 +57,8 @@ def run_one(exp, experiments):
     ev = json.loads((run_dir / "eval-checkpoint-best-test.json").read_text())
     summary_file = run_dir / "summary.json"
     summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}
+    if evaluate_only and not summary_file.is_file():
+        summary = stopped_run_summary(run_dir)
     size = sum(f.stat().st_size for f in ckpt.rglob("*") if f.is_file())
     return {"name": exp["name"], "data": data, "command": " ".join(cmd[1:]),
             "test_accuracy": ev["accuracy"], "macro_f1": ev["macro_f1"],
@@ -48,7 +66,8 @@ def run_one(exp, experiments):
             "valid_accuracy": (summary.get("best") or {}).get("valid_accuracy"), "train_seconds": summary.get("train_seconds", round(wall, 1)),
             "ms_per_example_batch1": ev["ms_per_example_batch1"],
             "examples_per_second_batch32": ev["examples_per_second_batch32"],
-            "size_mb": round(size / 1e6, 1), "reference": exp.get("reference")}
+            "size_mb": round(size / 1e6, 1), "reference": exp.get("reference"),
+            "stopped_early_by_hand": summary.get("stopped_early_by_hand", False)}
 
 
 def describe(exp, experiments):
@@ -76,7 +95,7 @@ def write_tables(results, experiments=()):
     order = [e["name"] for e in experiments]
     results = sorted(results, key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
     for r in results:
-        summary_file = ROOT / "runs" / r["name"] / "summary.json"
+        summary_file = RUNS / r["name"] / "summary.json"
         if "best_epoch" not in r and summary_file.is_file():   # results written before these columns existed
             best = json.loads(summary_file.read_text()).get("best") or {}
             r.update(best_epoch=best.get("epoch"), valid_accuracy=best.get("valid_accuracy"))
@@ -99,6 +118,8 @@ def write_tables(results, experiments=()):
         ref, target = r.get("reference") or {}, r.get("target")
         mark = "" if target is None else (" ✓" if r["test_accuracy"] >= target else " ✗")
         epochs = "-" if not r.get("epochs") else f"{r['epochs']} ({r.get('best_epoch') or '-'})"
+        if r.get("stopped_early_by_hand"):
+            epochs += " stopped"
         valid = f"{r['valid_accuracy']:.4f}" if r.get("valid_accuracy") else "-"
         minutes = f"{r['train_seconds'] / 60:.1f}" if r.get("train_seconds") else "-"
         lines.append(f"| {r.get('dataset', r['name'])} | {r.get('embedding', '')} | {r.get('encoder', '')} | "
@@ -118,9 +139,12 @@ def main(argv=None):
     p.add_argument("--only", nargs="*", help="experiment names to run (default: all)")
     p.add_argument("--list", action="store_true")
     p.add_argument("--redo", action="store_true", help="run again even when a result exists")
+    p.add_argument("--evaluate-only", action="store_true",
+                   help="evaluate runs/<name>/checkpoint-best as it is (a run stopped by hand before its last "
+                        "epoch) instead of training; the table says so")
     p.add_argument("--table", action="store_true", help="only rewrite results/accuracy.md from accuracy.json")
     args = p.parse_args(argv)
-    experiments = json.loads((ROOT / "benchmarks" / "experiments.json").read_text())["experiments"]
+    experiments = json.loads(EXPERIMENTS.read_text())["experiments"]
     if args.list:
         for e in experiments:
             print(e["name"])
@@ -136,7 +160,7 @@ def main(argv=None):
         if any(r["name"] == exp["name"] for r in results) and not args.redo:
             print(f"= {exp['name']}: done already", flush=True)
             continue
-        result = run_one(exp, experiments)
+        result = run_one(exp, experiments, args.evaluate_only and "export" not in exp)
         results = [r for r in results if r["name"] != exp["name"]] + [result]
         write_tables(results, experiments)
         print(f"= {exp['name']}: test accuracy {result['test_accuracy']:.4f}", flush=True)
