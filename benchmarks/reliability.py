@@ -295,9 +295,24 @@ def probe_until_answered(ts, model, deadline_s):
     return None, attempts
 
 
+def wait_for_replacement(ts, model, victim_pid, count, since, deadline_s):
+    """Seconds from `since` until `count` workers are READY again without the killed one (None: not in time)."""
+    while time.time() - since < deadline_s:
+        try:
+            pids = [p.pid for p in ts.workers()]
+            states = ts.worker_states(model)
+        except TorchServeError:
+            pids, states = [], []
+        if victim_pid not in pids and len(pids) == count and states == ["READY"] * count:
+            return time.time() - since
+        time.sleep(0.2)
+    return None
+
+
 def worker_kill(load, users, kill_after, settings, recovery_limit=RECOVERY_TARGET_S * 2):
     ts, model = load.ts, load.model
-    [victim, *_] = ts.workers() or [None]
+    workers = ts.workers()
+    [victim, *_] = workers or [None]
     if victim is None:
         raise TorchServeError("no model_service_worker process under the TorchServe frontend")
     print(f"== kill: {users} users; SIGKILL of worker {victim.pid} after {kill_after:.0f} s", flush=True)
@@ -308,6 +323,7 @@ def worker_kill(load, users, kill_after, settings, recovery_limit=RECOVERY_TARGE
         killed_at = time.time()
         os.kill(victim.pid, signal.SIGKILL)
         recovery_s, probes = probe_until_answered(ts, model, recovery_limit)
+        replaced_s = wait_for_replacement(ts, model, victim.pid, len(workers), killed_at, recovery_limit)
         time.sleep(kill_after)   # as long again at load after recovery: the steady state to compare with
     finally:
         run.stop()
@@ -328,7 +344,8 @@ def worker_kill(load, users, kill_after, settings, recovery_limit=RECOVERY_TARGE
     checks = {
         f"a prediction answers 200 within {RECOVERY_TARGET_S} s of the SIGKILL":
             recovery_s is not None and recovery_s <= RECOVERY_TARGET_S,
-        "TorchServe started a new worker": bool(new) and victim.pid not in new and states == ["READY"] * len(states),
+        "TorchServe started a new worker": replaced_s is not None and bool(new) and victim.pid not in new
+            and states == ["READY"] * len(states),
         "no request hung or went unanswered": all(r[2] not in (-1, 0) for r in records.rows),
         "only requests in flight at the kill failed (Worker died, at most one batch)":
             len(failed) == len(lost_in_flight) and len(failed) <= settings["batch_size"] * settings["workers"],
@@ -338,6 +355,7 @@ def worker_kill(load, users, kill_after, settings, recovery_limit=RECOVERY_TARGE
         "users": users, "killed_pid": victim.pid, "new_pids": new, "worker_states": states,
         "kill_after_s": round(killed_at - records.rows[0][0], 2) if records.rows else None,
         "recovery_s": round(recovery_s, 2) if recovery_s is not None else None, "probes": probes,
+        "replacement_ready_s": round(replaced_s, 2) if replaced_s is not None else None,
         "load_recovery_s": load_recovery_s, "failed": len(failed), "failed_in_flight": len(lost_in_flight),
         "failed_sent_before_kill": sum(r[0] < killed_at for r in failed),
         "failed_by_status": records.where(lambda r: r[2] != 200).summary()["by_status"],

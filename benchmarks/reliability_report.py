@@ -56,7 +56,8 @@ def kill_section(k, st):
             f"run; new worker pid(s) {k['new_pids']} ({', '.join(k['worker_states'])}).", "",
             f"- Time to recover: a prediction sent right after the kill answered 200 after **{_f(k['recovery_s'], 2)} s** "
             f"({k['probes']} probe(s)); the load test's first 200 to a request sent after the kill came "
-            f"{_f(k['load_recovery_s'], 2)} s after it.",
+            f"{_f(k['load_recovery_s'], 2)} s after it. The replacement worker was READY (all "
+            f"{len(k['new_pids'])} workers up again) {_f(k.get('replacement_ready_s'), 1)} s after the kill.",
             f"- Requests lost: **{k['failed']}** ({_statuses(k['failed_by_status'])}); {k['failed_in_flight']} of them "
             f"\"Worker died.\" answers to the batch in flight (batchSize {st['batch_size']}), "
             f"{k['failed_sent_before_kill']} sent before the kill.",
