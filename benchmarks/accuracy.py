@@ -161,6 +161,8 @@ def main(argv=None):
             print(f"= {exp['name']}: done already", flush=True)
             continue
         result = run_one(exp, experiments, args.evaluate_only and "export" not in exp)
+        if store.is_file():   # read again: another run may have recorded its result meanwhile
+            results = json.loads(store.read_text())["results"]
         results = [r for r in results if r["name"] != exp["name"]] + [result]
         write_tables(results, experiments)
         print(f"= {exp['name']}: test accuracy {result['test_accuracy']:.4f}", flush=True)
