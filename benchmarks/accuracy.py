@@ -52,8 +52,10 @@ def run_one(exp, experiments, evaluate_only=False):
         subprocess.run(cmd, cwd=ROOT, check=True)
     wall = time.time() - started
     data = exp.get("data") or next(e for e in experiments if e["name"] == exp["base"])["data"]
+    trained_with = (next((e for e in experiments if e["name"] == exp.get("base")), None) or exp)["train"]
+    skip = ["--skip-empty"] if "--skip-empty" in trained_with else []   # the same lines left out of the test split
     subprocess.run([sys.executable, "-m", "train.evaluate", "--checkpoint", str(ckpt), "--data", data,
-                    "--out", str(run_dir)], cwd=ROOT, check=True)
+                    "--out", str(run_dir), *skip], cwd=ROOT, check=True)
     ev = json.loads((run_dir / "eval-checkpoint-best-test.json").read_text())
     summary_file = run_dir / "summary.json"
     summary = json.loads(summary_file.read_text()) if summary_file.is_file() else {}

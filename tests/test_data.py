@@ -103,6 +103,20 @@ def test_empty_text_or_label_names_the_line(tmp_path, line, problem):
     assert problem in str(err.value)
 
 
+def test_skip_empty_drops_textless_lines_and_names_them(tmp_path, caplog):
+    path = write(tmp_path, "train.tsv", "music\tplay some blues\nweather\t\nmusic\t  \nweather\train in paris\n")
+    with pytest.raises(DataError, match=f"{path}:2: the text is empty"):
+        read_examples(path, "label-text")
+    with caplog.at_level("WARNING"):
+        examples, _ = read_examples(path, "label-text", skip_empty=True)
+    assert [(e.text, e.label, e.line) for e in examples] == [("play some blues", "music", 1),
+                                                             ("rain in paris", "weather", 4)]
+    assert f"{path}: skipped 2 line(s) with an empty text (line 2, 3)" in caplog.text
+    only_empty = write(tmp_path, "valid.tsv", "music\t\n")
+    with pytest.raises(DataError, match="holds no examples with a text"):
+        read_examples(only_empty, "label-text", skip_empty=True)
+
+
 def test_empty_file_holds_no_examples(tmp_path):
     path = write(tmp_path, "train.txt", "\n\r\n  \n")
     with pytest.raises(DataError, match="holds no examples"):

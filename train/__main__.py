@@ -41,7 +41,7 @@ def run(cfg):
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
-    data = load_dataset(cfg.data, cfg.columns, cfg.valid_fraction, cfg.seed, cfg.limit)
+    data = load_dataset(cfg.data, cfg.columns, cfg.valid_fraction, cfg.seed, cfg.limit, cfg.skip_empty)
     log.info("data %s (%s): %d train, %d valid%s, %d test, %d labels", cfg.data, data.columns, len(data.train),
              len(data.valid), " (split from train)" if data.valid_from_train else "", len(data.test),
              len(data.labels))

@@ -32,6 +32,8 @@ class TrainConfig:
     length_buckets: int = _field(0, "if N > 0, batch texts of similar length together: shuffle, sort each run of "
                                  "N batches by text length, cut it into batches and shuffle those (less padding, "
                                  "faster on long or mixed-length data); 0: plain shuffled batches")
+    skip_empty: bool = _field(False, "drop data lines whose text is empty, with a warning naming them, instead "
+                              "of stopping at the first (WebKB has 31: pages its preprocessing left empty)")
     limit: int = _field(0, "use only the first N training examples (0: all)")
     valid_fraction: float = _field(0.1, "share of train held out when the data has no valid file")
     patience: int = _field(0, "stop after this many epochs without a better valid accuracy (0: never)")

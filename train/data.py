@@ -1,8 +1,10 @@
 """Read labelled text files: one example a line, text and label tab-separated, in either order.
 
 Handles a UTF-8 BOM, CRLF line ends and blank lines; anything else malformed stops with file:line.
+A line with a label but no text stops too, unless skip_empty drops such lines (with a warning naming them).
 """
 import dataclasses
+import logging
 import random
 from collections import Counter
 from pathlib import Path
@@ -10,6 +12,7 @@ from pathlib import Path
 from textclf.errors import DataError
 
 COLUMNS = ("auto", "text-label", "label-text")
+log = logging.getLogger("train.data")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,22 +57,30 @@ def detect_columns(path, rows):
     return "text-label" if distinct[1] < distinct[0] else "label-text"
 
 
-def read_examples(path, columns="auto"):
-    """-> (examples, column order used)."""
+def read_examples(path, columns="auto", skip_empty=False):
+    """-> (examples, column order used). skip_empty: drop lines whose text is empty instead of stopping."""
     if columns not in COLUMNS:
         raise ValueError(f"columns must be one of {', '.join(COLUMNS)}, got {columns!r}")
     rows = _rows(path)
     if columns == "auto":
         columns = detect_columns(path, rows)
     ti, li = (0, 1) if columns == "text-label" else (1, 0)
-    examples = []
+    examples, skipped = [], []
     for number, fields in rows:
         text, label = fields[ti], fields[li]
+        if not text and skip_empty:
+            skipped.append(number)
+            continue
         if not text:
-            raise DataError(path, number, "the text is empty")
+            raise DataError(path, number, "the text is empty (--skip-empty drops such lines)")
         if not label:
             raise DataError(path, number, "the label is empty")
         examples.append(Example(text, label, number))
+    if skipped:
+        shown = ", ".join(map(str, skipped[:10])) + (", ..." if len(skipped) > 10 else "")
+        log.warning("%s: skipped %d line(s) with an empty text (line %s)", path, len(skipped), shown)
+    if not examples:
+        raise DataError(path, None, "holds no examples with a text")
     return examples, columns
 
 
@@ -93,17 +104,17 @@ class Dataset:
     valid_from_train: bool = False
 
 
-def load_dataset(folder, columns="auto", valid_fraction=0.1, seed=42, limit=None):
+def load_dataset(folder, columns="auto", valid_fraction=0.1, seed=42, limit=None, skip_empty=False):
     """train.* (required), valid.* (else a seeded split of train), test.* (optional) from a folder."""
     train_path = find_split(folder, "train", True)
-    train, columns = read_examples(train_path, columns)
+    train, columns = read_examples(train_path, columns, skip_empty)
     labels = sorted({e.label for e in train})
     if len(labels) < 2:
         raise DataError(train_path, None, f"needs at least 2 labels, found {len(labels)}")
     splits = {}
     for name in ("valid", "test"):
         path = find_split(folder, name, False)
-        examples = read_examples(path, columns)[0] if path else []
+        examples = read_examples(path, columns, skip_empty)[0] if path else []
         for e in examples:
             if e.label not in labels:
                 raise DataError(path, e.line, f"label {e.label!r} never occurs in {train_path.name}")

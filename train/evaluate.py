@@ -24,6 +24,7 @@ def parse_args(argv):
     p.add_argument("--data", required=True, help="data folder holding SPLIT.txt or SPLIT.tsv")
     p.add_argument("--split", default="test", help="which file of the data folder (default: test)")
     p.add_argument("--columns", default="auto", choices=COLUMNS)
+    p.add_argument("--skip-empty", action="store_true", help="drop lines whose text is empty instead of stopping")
     p.add_argument("--out", help="folder for evaluation JSON, confusion PNG and errors (default: beside the checkpoint)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -88,7 +89,7 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     try:
         path = find_split(args.data, args.split, True)
-        examples, _ = read_examples(path, args.columns)
+        examples, _ = read_examples(path, args.columns, args.skip_empty)
         predictor = Predictor.from_checkpoint(args.checkpoint, args.device, args.threads or None)
         result, errors = evaluate(predictor, examples, path)
     except (DataError, CheckpointError) as e:
