@@ -85,7 +85,8 @@ def describe(exp, experiments):
     if "--remove-layers" in flags:
         variant = f"layers {flag('--remove-layers', '')} removed"
     if base is not None:
-        variant = "int8 export" if "--int8" in exp["export"] else "ONNX export" if "--onnx" in exp["export"] else \
+        variant = ("int8 per-tensor export" if "per-tensor" in exp["export"] else "int8 per-channel export") \
+            if "--int8" in exp["export"] else "ONNX export" if "--onnx" in exp["export"] else \
             "export " + " ".join(exp["export"])
     return {"dataset": Path((base or exp)["data"]).name, "embedding": embedding,
             "encoder": flag("--encoder", "cls"), "variant": variant, "flags": " ".join(exp.get("export", flags))}

@@ -11,6 +11,7 @@ from conftest import PROBE_TEXTS, refusing_pickle, run_failing_cli, toy_lines
 from textclf.checkpoint import load_checkpoint, save_checkpoint
 from textclf.config import ModelConfig
 from textclf.embeddings import remove_layers
+from textclf.errors import CheckpointError
 from textclf.predict import Predictor
 from train.export import main
 
@@ -86,7 +87,7 @@ def test_int8_export_is_close_to_the_source(exported, source, name):
     folder, reference = source[name]
     out = exported(folder, "--int8")
     config = config_of(out)
-    assert (config.quantization, config.runtime, config.removed_layers) == ("dynamic-int8", "torch", [])
+    assert (config.quantization, config.runtime, config.removed_layers) == ("dynamic-int8-per-channel", "torch", [])
     check_files(out, "model.safetensors")
     dtypes = int8_tensors(out)
     assert "classifier.weight_int8" in dtypes, dtypes
@@ -111,6 +112,33 @@ def test_int8_round_trip_gives_identical_probabilities(exported, source, name, t
     assert config_of(again) == config_of(out)
     assert int8_tensors(again) == int8_tensors(out)
     np.testing.assert_array_equal(load(again).predict_proba(TEXTS + TOY_TEXTS), before)
+
+
+def test_per_tensor_int8_scheme_stores_one_scale_per_matrix(exported, source, tmp_path):
+    folder, reference = source["transformer-cls"]
+    per_tensor, per_channel = exported(folder, "--int8", "--int8-scheme", "per-tensor"), exported(folder, "--int8")
+    assert config_of(per_tensor).quantization == "dynamic-int8"
+    with safe_open(str(per_tensor / "model.safetensors"), framework="pt") as f:
+        assert f.get_tensor("classifier.weight_scale").dim() == 0
+    with safe_open(str(per_channel / "model.safetensors"), framework="pt") as f:
+        rows = f.get_tensor("classifier.weight_int8").shape[0]
+        assert f.get_tensor("classifier.weight_scale").shape == (rows,)
+        assert f.get_tensor("classifier.weight_zero_point").shape == (rows,)
+    expected = reference.predict_proba(TOY_TEXTS)
+    errors = {name: np.abs(load(out).predict_proba(TOY_TEXTS) - expected).max()
+              for name, out in (("tensor", per_tensor), ("channel", per_channel))}
+    assert errors["channel"] < 0.1 and errors["tensor"] < 0.1, errors
+
+
+def test_unknown_quantization_in_config_is_refused(exported, source, tmp_path):
+    import shutil
+    out = tmp_path / "int8"
+    shutil.copytree(exported(source["glove-cnn"][0], "--int8"), out)
+    config = json.loads((out / "config.json").read_text())
+    config["quantization"] = "int4-magic"
+    (out / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="unknown quantization 'int4-magic'"):
+        load_checkpoint(out)
 
 
 # ---- layer removal (tiny BERT has layers 0 and 1)
@@ -138,7 +166,7 @@ def test_remove_layers_and_int8(exported, source, tmp_path):
     folder, _ = source["transformer-cls"]
     out = exported(folder, "--remove-layers", "1", "--int8")
     config = config_of(out)
-    assert (config.removed_layers, config.quantization, config.runtime) == ([1], "dynamic-int8", "torch")
+    assert (config.removed_layers, config.quantization, config.runtime) == ([1], "dynamic-int8-per-channel", "torch")
     assert json.loads((out / "transformer" / "config.json").read_text())["num_hidden_layers"] == 1
     assert "classifier.weight_int8" in int8_tensors(out)
     predictor = load(out)

@@ -44,10 +44,13 @@ def check_folder(folder):
 
 
 # ---- int8 weights: quantized tensors cannot go into safetensors, so store int8 + scale + zero point
-def quantize(model):
+def quantize(model, scheme="dynamic-int8-per-channel"):
+    """Dynamic int8 of every nn.Linear: per output channel (scheme dynamic-int8-per-channel) or per tensor."""
+    from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig
+    qconfig = per_channel_dynamic_qconfig if scheme == "dynamic-int8-per-channel" else default_dynamic_qconfig
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8)
+        return torch.ao.quantization.quantize_dynamic(model, {nn.Linear: qconfig}, dtype=torch.qint8)
 
 
 def _quantized_modules(model):
@@ -61,11 +64,15 @@ def _state_entries(model):
              if isinstance(v, torch.Tensor) and not any(k.startswith(q + ".") for q in qmods)}
     for name, m in qmods.items():
         w, b = m._weight_bias()
-        if w.qscheme() != torch.per_tensor_affine:
-            raise CheckpointError(f"{name}: only per-tensor int8 weights can be saved, got {w.qscheme()}")
         state[f"{name}.weight_int8"] = w.int_repr()
-        state[f"{name}.weight_scale"] = torch.tensor(w.q_scale(), dtype=torch.float64)
-        state[f"{name}.weight_zero_point"] = torch.tensor(w.q_zero_point(), dtype=torch.int64)
+        if w.qscheme() == torch.per_tensor_affine:
+            state[f"{name}.weight_scale"] = torch.tensor(w.q_scale(), dtype=torch.float64)
+            state[f"{name}.weight_zero_point"] = torch.tensor(w.q_zero_point(), dtype=torch.int64)
+        elif w.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric) and w.q_per_channel_axis() == 0:
+            state[f"{name}.weight_scale"] = w.q_per_channel_scales().to(torch.float64)
+            state[f"{name}.weight_zero_point"] = w.q_per_channel_zero_points().to(torch.int64)
+        else:
+            raise CheckpointError(f"{name}: int8 weights quantized as {w.qscheme()} cannot be saved")
         if b is not None:
             state[f"{name}.bias"] = b
     return state
@@ -104,9 +111,13 @@ def _load_state(model, state, path):
     for name, m in qmods.items():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            q = torch._make_per_tensor_quantized_tensor(
-                state[f"{name}.weight_int8"], float(state[f"{name}.weight_scale"]),
-                int(state[f"{name}.weight_zero_point"]))
+            scale, zero_point = state[f"{name}.weight_scale"], state[f"{name}.weight_zero_point"]
+            if scale.dim() == 0:
+                q = torch._make_per_tensor_quantized_tensor(state[f"{name}.weight_int8"], float(scale),
+                                                            int(zero_point))
+            else:   # one scale per output row
+                q = torch._make_per_channel_quantized_tensor(state[f"{name}.weight_int8"], scale.double(),
+                                                             zero_point.long(), 0)
         m.set_weight_bias(q, state.get(f"{name}.bias"))
 
 
@@ -140,7 +151,7 @@ def build_model(folder, config):
         model = TextClassifier(config, embedding)
     else:
         model = TextClassifier.for_words(config)
-    return quantize(model) if config.quantization == "dynamic-int8" else model
+    return quantize(model, config.quantization) if config.quantization else model
 
 
 def read_weights(path):

@@ -39,6 +39,8 @@ def parse_args(argv):
                    help="comma-separated transformer layer indices to drop")
     kind = p.add_mutually_exclusive_group()
     kind.add_argument("--int8", action="store_true", help="dynamic int8 quantization of the Linear layers (CPU)")
+    p.add_argument("--int8-scheme", choices=("per-channel", "per-tensor"), default="per-channel",
+                   help="--int8: one scale per output row (default; keeps accuracy better) or one per matrix")
     kind.add_argument("--onnx", action="store_true", help="an ONNX graph run by onnxruntime")
     p.add_argument("--opset", type=int, default=17)
     return p.parse_args(argv)
@@ -77,8 +79,8 @@ def run(args):
         remove_layers(model.embedding.model, drop)
         config.removed_layers = sorted(config.removed_layers + [kept[i] for i in drop])
     if args.int8:
-        model = quantize(model)
-        config.quantization = "dynamic-int8"
+        config.quantization = "dynamic-int8-per-channel" if args.int8_scheme == "per-channel" else "dynamic-int8"
+        model = quantize(model, config.quantization)
     model.config = config
     meta = json.loads((src / "metrics.json").read_text()) if (src / "metrics.json").is_file() else {}
     meta = {"exported_from": str(src), "source_metrics": meta}
