@@ -134,6 +134,10 @@ def write_tables(results, experiments=()):
              f"{r['note']}" for r in results if r.get("note")]
     if notes:
         lines += ["", "Notes:", *notes]
+    missing = [e["name"] for e in experiments if not any(r["name"] == e["name"] for r in results)]
+    if missing:
+        lines += ["", f"Defined in experiments.json but not run yet: {', '.join(missing)} "
+                  f"(`python -m benchmarks.accuracy --only NAME`)."]
     (RESULTS / "accuracy.md").write_text("\n".join(lines) + "\n")
 
 
