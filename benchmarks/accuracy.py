@@ -34,15 +34,17 @@ def stopped_run_summary(run_dir):
             "best": max(epochs, key=lambda e: e["valid_accuracy"]), "stopped_early_by_hand": True}
 
 
+def base_of(exp, experiments):
+    """The experiment an export is made from, or None for a training experiment."""
+    return next((e for e in experiments if e["name"] == exp.get("base")), None)
+
+
 def run_one(exp, experiments, evaluate_only=False):
     run_dir = RUNS / exp["name"]
     ckpt = run_dir / "checkpoint-best"
+    trained = base_of(exp, experiments) or exp     # the experiment that trained the model
     started = time.time()
-    if evaluate_only:
-        if not (ckpt / "config.json").is_file():
-            raise SystemExit(f"--evaluate-only: {ckpt} has no checkpoint to evaluate")
-        cmd = [sys.executable, "-m", "train", "--data", exp["data"], "--out", str(run_dir), *exp["train"]]
-    elif "export" in exp:
+    if "export" in exp:
         base = RUNS / exp["base"] / "checkpoint-best"
         cmd = [sys.executable, "-m", "train.export", "--checkpoint", str(base), "--out", str(ckpt), *exp["export"]]
     else:
@@ -50,10 +52,11 @@ def run_one(exp, experiments, evaluate_only=False):
     if not evaluate_only:
         print("+", " ".join(cmd), flush=True)
         subprocess.run(cmd, cwd=ROOT, check=True)
+    elif not (ckpt / "config.json").is_file():
+        raise SystemExit(f"--evaluate-only: {ckpt} has no checkpoint to evaluate")
     wall = time.time() - started
-    data = exp.get("data") or next(e for e in experiments if e["name"] == exp["base"])["data"]
-    trained_with = (next((e for e in experiments if e["name"] == exp.get("base")), None) or exp)["train"]
-    skip = ["--skip-empty"] if "--skip-empty" in trained_with else []   # the same lines left out of the test split
+    data = trained["data"]
+    skip = ["--skip-empty"] if "--skip-empty" in trained["train"] else []   # the same lines left out of test
     subprocess.run([sys.executable, "-m", "train.evaluate", "--checkpoint", str(ckpt), "--data", data,
                     "--out", str(run_dir), *skip], cwd=ROOT, check=True)
     ev = json.loads((run_dir / "eval-checkpoint-best-test.json").read_text())
@@ -62,10 +65,11 @@ def run_one(exp, experiments, evaluate_only=False):
     if evaluate_only and not summary_file.is_file():
         summary = stopped_run_summary(run_dir)
     size = sum(f.stat().st_size for f in ckpt.rglob("*") if f.is_file())
+    best = summary.get("best") or {}
     return {"name": exp["name"], "data": data, "command": " ".join(cmd[1:]),
             "test_accuracy": ev["accuracy"], "macro_f1": ev["macro_f1"],
-            "epochs": summary.get("epochs"), "best_epoch": (summary.get("best") or {}).get("epoch"),
-            "valid_accuracy": (summary.get("best") or {}).get("valid_accuracy"), "train_seconds": summary.get("train_seconds", round(wall, 1)),
+            "epochs": summary.get("epochs"), "best_epoch": best.get("epoch"),
+            "valid_accuracy": best.get("valid_accuracy"), "train_seconds": summary.get("train_seconds", round(wall, 1)),
             "ms_per_example_batch1": ev["ms_per_example_batch1"],
             "examples_per_second_batch32": ev["examples_per_second_batch32"],
             "size_mb": round(size / 1e6, 1), "reference": exp.get("reference"),
@@ -74,7 +78,7 @@ def run_one(exp, experiments, evaluate_only=False):
 
 def describe(exp, experiments):
     """dataset, embedding, encoder, variant and the flags that matter, read from an experiment's definition."""
-    base = next((e for e in experiments if e["name"] == exp.get("base")), None)
+    base = base_of(exp, experiments)
     flags = (base or exp)["train"]
 
     def flag(name, default):
@@ -98,10 +102,6 @@ def write_tables(results, experiments=()):
     order = [e["name"] for e in experiments]
     results = sorted(results, key=lambda r: order.index(r["name"]) if r["name"] in order else len(order))
     for r in results:
-        summary_file = RUNS / r["name"] / "summary.json"
-        if "best_epoch" not in r and summary_file.is_file():   # results written before these columns existed
-            best = json.loads(summary_file.read_text()).get("best") or {}
-            r.update(best_epoch=best.get("epoch"), valid_accuracy=best.get("valid_accuracy"))
         if r["name"] in known:
             exp = known[r["name"]]
             r.update(describe(exp, experiments), target=exp.get("target"), note=exp.get("note", ""))

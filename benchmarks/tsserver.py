@@ -123,24 +123,23 @@ def stop_torchserve(launcher, env, cwd):
     launcher.wait(timeout=10)
 
 
-def alive(pid):
+def _exists(send, target):
+    """Signal 0 through `send` (os.kill or os.killpg): does the process (group) exist?"""
     try:
-        os.kill(pid, 0)
+        send(target, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
+    except PermissionError:   # exists, owned by someone else
         return True
     return True
+
+
+def alive(pid):
+    return _exists(os.kill, pid)
 
 
 def _group_alive(pgid):
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return _exists(os.killpg, pgid)
 
 
 class TorchServe:
