@@ -153,3 +153,15 @@ def test_length_buckets_cut_padding_and_keep_batches_shuffled():
     assert padded(bucketed) < 0.8 * padded(plain)
     longest = [max(len(examples[i].text) for i in b) for b in bucketed]
     assert longest != sorted(longest) and longest != sorted(longest, reverse=True)
+
+
+@pytest.mark.parametrize("buckets", [0, 4])
+def test_resumed_run_takes_the_batch_orders_of_the_uninterrupted_run(buckets):
+    import itertools
+    from types import SimpleNamespace
+    from train.loop import epoch_orders
+    examples = [SimpleNamespace(text="w " * (i % 17 + 1)) for i in range(150)]
+    straight = list(itertools.islice(epoch_orders(examples, 8, 42, buckets), 3))
+    resumed = list(itertools.islice(epoch_orders(examples, 8, 42, buckets, start_epoch=1), 2))
+    assert resumed == straight[1:]
+    assert straight[0] != straight[1] != straight[2]

@@ -61,6 +61,18 @@ def batch_order(examples, batch_size, rng, length_buckets=0):
     return batches
 
 
+def epoch_orders(examples, batch_size, seed, length_buckets=0, start_epoch=0):
+    """Yield the batch order of each epoch from start_epoch + 1 on.
+
+    The orders depend only on the seed and the epoch: a run resumed after epoch N takes the orders the
+    uninterrupted run would have taken."""
+    rng = random.Random(seed)
+    for _ in range(start_epoch):
+        batch_order(examples, batch_size, rng, length_buckets)
+    while True:
+        yield batch_order(examples, batch_size, rng, length_buckets)
+
+
 def evaluate_examples(predictor, examples, batch_size=64):
     """Scores of a Predictor on examples; also returns the probabilities (N, C)."""
     index = {lab: i for i, lab in enumerate(predictor.labels)}
@@ -81,7 +93,7 @@ def fit(model, tokenizer, labels, dataset, cfg, device, start_epoch=0):
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
     scheduler = _schedule(optimizer, cfg, steps_per_epoch)
     predictor = Predictor(model, tokenizer, labels, model.config.max_length, device)
-    rng = random.Random(cfg.seed)
+    orders = epoch_orders(train, cfg.batch_size, cfg.seed, cfg.length_buckets, start_epoch)
     best, since_best, history = -1.0, 0, []
     train_args = {k: v for k, v in vars(cfg).items()}
     metrics_file = (out / "metrics.jsonl").open("a", encoding="utf-8")
@@ -89,7 +101,7 @@ def fit(model, tokenizer, labels, dataset, cfg, device, start_epoch=0):
     for epoch in range(start_epoch + 1, start_epoch + cfg.epochs + 1):
         model.train()
         started, total_loss, seen = time.time(), 0.0, 0
-        bar = tqdm(batch_order(train, cfg.batch_size, rng, cfg.length_buckets), desc=f"epoch {epoch}",
+        bar = tqdm(next(orders), desc=f"epoch {epoch}",
                    unit="batch", leave=False, mininterval=0.1 if sys.stderr.isatty() else 30)
         for indices in bar:
             batch = [train[i] for i in indices]
