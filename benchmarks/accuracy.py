@@ -39,6 +39,15 @@ def base_of(exp, experiments):
     return next((e for e in experiments if e["name"] == exp.get("base")), None)
 
 
+def resumed_epochs(exp):
+    """Epochs the checkpoint named by an experiment's --resume had trained before this run (0: not resumed)."""
+    flags = exp.get("train", [])
+    if "--resume" not in flags:
+        return 0
+    meta = ROOT / flags[flags.index("--resume") + 1] / "metrics.json"
+    return json.loads(meta.read_text()).get("epoch", 0) if meta.is_file() else 0
+
+
 def run_one(exp, experiments, evaluate_only=False):
     run_dir = RUNS / exp["name"]
     ckpt = run_dir / "checkpoint-best"
@@ -68,7 +77,7 @@ def run_one(exp, experiments, evaluate_only=False):
     best = summary.get("best") or {}
     return {"name": exp["name"], "data": data, "command": " ".join(cmd[1:]),
             "test_accuracy": ev["accuracy"], "macro_f1": ev["macro_f1"],
-            "epochs": summary.get("epochs"), "best_epoch": best.get("epoch"),
+            "epochs": summary.get("epochs"), "best_epoch": best.get("epoch"), "epochs_before": resumed_epochs(exp),
             "valid_accuracy": best.get("valid_accuracy"), "train_seconds": summary.get("train_seconds", round(wall, 1)),
             "ms_per_example_batch1": ev["ms_per_example_batch1"],
             "examples_per_second_batch32": ev["examples_per_second_batch32"],
@@ -104,7 +113,8 @@ def write_tables(results, experiments=()):
     for r in results:
         if r["name"] in known:
             exp = known[r["name"]]
-            r.update(describe(exp, experiments), target=exp.get("target"), note=exp.get("note", ""))
+            r.update(describe(exp, experiments), target=exp.get("target"), note=exp.get("note", ""),
+                     reference=exp.get("reference"))
             base = next((b for b in results if b["name"] == exp.get("base")), None)
             if base is not None and "--int8" in exp.get("export", ()):   # int8: within 0.5 points of its float model
                 r["target"] = round(base["test_accuracy"] - 0.005, 4)
@@ -113,25 +123,26 @@ def write_tables(results, experiments=()):
              "(definitions and hyperparameters: benchmarks/experiments.json; every run: runs/<experiment>/).", "",
              "Test accuracy on each dataset's test split, of checkpoint-best (chosen on valid). Target: this "
              "project's goal; reference: the published number it is compared with. ms/ex: CPU, batch 1, median; "
-             "train min: wall time of training (or of the export).", "",
-             "| dataset | embedding | encoder | variant | test acc | target | reference | macro-F1 | valid acc "
+             "train min: wall time of training (or of the export); epochs a+b: b epochs resumed from a run of a.",
+             "", "![test accuracy against the reference and the target](accuracy.png)", "",
+             "| experiment | dataset | embedding | encoder | variant | test acc | target | reference | macro-F1 | valid acc "
              "| epochs (best) | train min | ms/ex | MB | flags |",
-             "| --- | --- | --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
+             "| --- | --- | --- | --- | --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |"]
     for r in results:
         ref, target = r.get("reference") or {}, r.get("target")
         mark = "" if target is None else (" ✓" if r["test_accuracy"] >= target else " ✗")
-        epochs = "-" if not r.get("epochs") else f"{r['epochs']} ({r.get('best_epoch') or '-'})"
+        before = f"{r['epochs_before']}+" if r.get("epochs_before") else ""    # resumed: earlier + this run's
+        epochs = "-" if not r.get("epochs") else f"{before}{r['epochs']} ({r.get('best_epoch') or '-'})"
         if r.get("stopped_early_by_hand"):
             epochs += " stopped"
         valid = f"{r['valid_accuracy']:.4f}" if r.get("valid_accuracy") else "-"
         minutes = f"{r['train_seconds'] / 60:.1f}" if r.get("train_seconds") else "-"
-        lines.append(f"| {r.get('dataset', r['name'])} | {r.get('embedding', '')} | {r.get('encoder', '')} | "
+        lines.append(f"| {r['name']} | {r.get('dataset', '')} | {r.get('embedding', '')} | {r.get('encoder', '')} | "
                      f"{r.get('variant', '')} | **{r['test_accuracy']:.4f}**{mark} | "
                      f"{'-' if target is None else f'{target:.4g}'} | {ref.get('value', '-')} {ref.get('what', '')} | "
                      f"{r['macro_f1']:.4f} | {valid} | {epochs} | {minutes} | {r['ms_per_example_batch1']:.1f} | "
                      f"{r['size_mb']} | `{r.get('flags', r['command'])}` |")
-    notes = [f"- {r.get('dataset', '')} {r.get('embedding', '')} {r.get('encoder', '')} {r.get('variant', '')}: "
-             f"{r['note']}" for r in results if r.get("note")]
+    notes = [f"- {r['name']}: {r['note']}" for r in results if r.get("note")]
     if notes:
         lines += ["", "Notes:", *notes]
     missing = [e["name"] for e in experiments if not any(r["name"] == e["name"] for r in results)]
@@ -139,6 +150,46 @@ def write_tables(results, experiments=()):
         lines += ["", f"Defined in experiments.json but not run yet: {', '.join(missing)} "
                   f"(`python -m benchmarks.accuracy --only NAME`)."]
     (RESULTS / "accuracy.md").write_text("\n".join(lines) + "\n")
+    plot_results(results, RESULTS / "accuracy.png")
+
+
+def plot_results(results, png):
+    """One panel per dataset: a bar per experiment (test accuracy), the reference (black diamond) and the
+    target (red bar) beside it."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    datasets = list(dict.fromkeys(r.get("dataset", "") for r in results))
+    if not datasets:
+        return None
+    heights = [sum(r.get("dataset", "") == d for r in results) for d in datasets]
+    fig, axes = plt.subplots(len(datasets), 1, figsize=(9, 1.2 + 0.38 * sum(heights) + 0.5 * len(datasets)),
+                             gridspec_kw={"height_ratios": heights}, squeeze=False)
+    for ax, dataset in zip(axes[:, 0], datasets):
+        rows = [r for r in results if r.get("dataset", "") == dataset]
+        y = range(len(rows))
+        acc = [r["test_accuracy"] for r in rows]
+        refs = [(i, (r.get("reference") or {}).get("value")) for i, r in enumerate(rows)]
+        targets = [(i, r.get("target")) for i, r in enumerate(rows)]
+        shown = acc + [v for _, v in refs if v] + [v for _, v in targets if v]
+        low = max(0.0, min(shown) - 0.02)
+        ax.barh(y, [a - low for a in acc], left=low, color=["tab:green" if t is None or a >= t else "tab:orange"
+                                                           for a, (_, t) in zip(acc, targets)])
+        for i, a in enumerate(acc):
+            ax.text(low, i, f" {a:.4f}", va="center", fontsize=8, color="white", fontweight="bold")
+        ax.plot([v for _, v in refs if v], [i for i, v in refs if v], "kD", markersize=5, label="reference")
+        ax.plot([v for _, v in targets if v], [i for i, v in targets if v], "r|", markersize=14, mew=2,
+                label="target")
+        ax.set_yticks(list(y), [r["name"] for r in rows], fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlim(low, min(1.0, max(shown) + 0.012))
+        ax.set_title(dataset, fontsize=10, loc="left")
+    axes[0, 0].legend(loc="lower right", fontsize=8)
+    axes[-1, 0].set_xlabel("test accuracy (green: target met or none set; orange: target missed)")
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return png
 
 
 def main(argv=None):

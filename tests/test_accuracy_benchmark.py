@@ -44,3 +44,32 @@ def test_evaluate_only_without_a_checkpoint_says_so(tmp_path, monkeypatch):
         assert "has no checkpoint to evaluate" in str(e) and "nothing" in str(e)
     else:
         raise AssertionError("expected SystemExit")
+
+
+def test_table_counts_resumed_epochs_and_plots_every_dataset(tmp_path, monkeypatch):
+    earlier = tmp_path / "runs" / "first" / "checkpoint-last"
+    earlier.mkdir(parents=True)
+    (earlier / "metrics.json").write_text(json.dumps({"epoch": 3, "valid_accuracy": 0.8}))
+    monkeypatch.setattr(accuracy, "ROOT", tmp_path)
+    monkeypatch.setattr(accuracy, "RESULTS", tmp_path / "results")
+    experiments = [
+        {"name": "more", "data": "data/a", "target": 0.9, "note": "went on from first",
+         "train": ["--resume", "runs/first/checkpoint-last", "--epochs", "2"]},
+        {"name": "plain", "data": "data/b", "train": ["--embedding", "glove", "--encoder", "cnn"],
+         "reference": {"value": 0.7, "what": "paper"}},
+    ]
+    assert accuracy.resumed_epochs(experiments[0]) == 3 and accuracy.resumed_epochs(experiments[1]) == 0
+
+    def row(name, acc, epochs, best, before):
+        return {"name": name, "test_accuracy": acc, "macro_f1": acc, "epochs": epochs, "best_epoch": best,
+                "epochs_before": before, "valid_accuracy": acc, "train_seconds": 60.0,
+                "ms_per_example_batch1": 1.0, "size_mb": 1.0, "command": "train", "reference": None}
+    accuracy.write_tables([row("plain", 0.75, 4, 2, 0), row("more", 0.88, 2, 5, 3)], experiments)
+    table = (tmp_path / "results" / "accuracy.md").read_text().splitlines()
+    more = next(line for line in table if line.startswith("| more |"))
+    assert "| 3+2 (5) |" in more and "**0.8800** ✗" in more and "| a | MiniLM-L6 | cls |" in more
+    plain = next(line for line in table if line.startswith("| plain |"))
+    assert "| 4 (2) |" in plain and "0.7 paper" in plain
+    assert "- more: went on from first" in table
+    png = (tmp_path / "results" / "accuracy.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 5000
