@@ -115,6 +115,8 @@ def write_tables(results, experiments=()):
             exp = known[r["name"]]
             r.update(describe(exp, experiments), target=exp.get("target"), note=exp.get("note", ""),
                      reference=exp.get("reference"))
+            if "epochs_before" not in r:   # recorded before the field existed
+                r["epochs_before"] = resumed_epochs(exp)
             base = next((b for b in results if b["name"] == exp.get("base")), None)
             if base is not None and "--int8" in exp.get("export", ()):   # int8: within 0.5 points of its float model
                 r["target"] = round(base["test_accuracy"] - 0.005, 4)
