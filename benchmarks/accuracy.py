@@ -59,6 +59,10 @@ def run_one(exp, experiments, evaluate_only=False):
     else:
         cmd = [sys.executable, "-m", "train", "--data", exp["data"], "--out", str(run_dir), *exp["train"]]
     if not evaluate_only:
+        if run_dir.exists():   # an earlier or stopped attempt: keep it aside, do not mix its files with this run's
+            aside = run_dir.with_name(f"{run_dir.name}.before-{time.strftime('%Y%m%d-%H%M%S')}")
+            run_dir.rename(aside)
+            print(f"= {exp['name']}: moved the earlier {run_dir} aside to {aside.name}", flush=True)
         print("+", " ".join(cmd), flush=True)
         subprocess.run(cmd, cwd=ROOT, check=True)
     elif not (ckpt / "config.json").is_file():

@@ -73,3 +73,26 @@ def test_table_counts_resumed_epochs_and_plots_every_dataset(tmp_path, monkeypat
     assert "- more: went on from first" in table
     png = (tmp_path / "results" / "accuracy.png").read_bytes()
     assert png.startswith(b"\x89PNG") and len(png) > 5000
+
+
+def test_a_rerun_moves_the_earlier_run_aside(tmp_path, monkeypatch, tiny_ckpt, toy_data_dir):
+    runs = tmp_path / "runs"
+    shutil.copytree(tiny_ckpt, runs / "toy" / "checkpoint-best")
+    (runs / "toy-int8").mkdir(parents=True)
+    (runs / "toy-int8" / "metrics.jsonl").write_text('{"epoch": 1}\n')       # left by an earlier attempt
+    experiments = tmp_path / "experiments.json"
+    experiments.write_text(json.dumps({"experiments": [
+        {"name": "toy", "data": str(toy_data_dir), "train": []},
+        {"name": "toy-int8", "base": "toy", "export": ["--int8"]},
+    ]}))
+    monkeypatch.setattr(accuracy, "RUNS", runs)
+    monkeypatch.setattr(accuracy, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(accuracy, "EXPERIMENTS", experiments)
+    assert accuracy.main(["--only", "toy-int8"]) == 0
+
+    [aside] = runs.glob("toy-int8.before-*")
+    assert (aside / "metrics.jsonl").read_text() == '{"epoch": 1}\n'
+    assert not (runs / "toy-int8" / "metrics.jsonl").exists()
+    assert (runs / "toy-int8" / "checkpoint-best" / "config.json").is_file()
+    [row] = json.loads((tmp_path / "results" / "accuracy.json").read_text())["results"]
+    assert row["name"] == "toy-int8" and row["variant"] == "int8 per-channel export"
