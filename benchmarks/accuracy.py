@@ -81,7 +81,7 @@ def run_one(exp, experiments, evaluate_only=False):
     best = summary.get("best") or {}
     return {"name": exp["name"], "data": data, "command": " ".join(cmd[1:]),
             "test_accuracy": ev["accuracy"], "macro_f1": ev["macro_f1"],
-            "epochs": summary.get("epochs"), "best_epoch": best.get("epoch"), "epochs_before": resumed_epochs(exp),
+            "epochs": summary.get("epochs"), "best_epoch": best.get("epoch"),
             "valid_accuracy": best.get("valid_accuracy"), "train_seconds": summary.get("train_seconds", round(wall, 1)),
             "ms_per_example_batch1": ev["ms_per_example_batch1"],
             "examples_per_second_batch32": ev["examples_per_second_batch32"],
@@ -119,8 +119,7 @@ def write_tables(results, experiments=()):
             exp = known[r["name"]]
             r.update(describe(exp, experiments), target=exp.get("target"), note=exp.get("note", ""),
                      reference=exp.get("reference"))
-            if "epochs_before" not in r:   # recorded before the field existed
-                r["epochs_before"] = resumed_epochs(exp)
+            r.setdefault("epochs_before", resumed_epochs(exp))   # read while the resumed checkpoint is at hand
             base = next((b for b in results if b["name"] == exp.get("base")), None)
             if base is not None and "--int8" in exp.get("export", ()):   # int8: within 0.5 points of its float model
                 r["target"] = round(base["test_accuracy"] - 0.005, 4)
