@@ -65,7 +65,34 @@ def write_table(store, experiments):
                      f"{s['min']:.4f} | {s['max']:.4f} | {'-' if target is None else target} | {above} | "
                      + ", ".join(f"{r['seed']}: {r['valid_accuracy']:.4f}" for r in rows) + " | "
                      + ", ".join(f"{r['seed']}: {r['test_accuracy']:.4f}" for r in rows) + " |")
+    lines += ["", "![test accuracy of each seed against the target](seeds.png)"]
     (accuracy.RESULTS / "seeds.md").write_text("\n".join(lines) + "\n")
+    plot(groups, targets, accuracy.RESULTS / "seeds.png")
+
+
+def plot(groups, targets, png):
+    """One row per experiment and device: a dot per seed, the mean (black bar) and the target (red bar)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    keys = list(groups)
+    fig, ax = plt.subplots(figsize=(8, 1.0 + 0.45 * len(keys)))
+    for i, key in enumerate(keys):
+        acc = [r["test_accuracy"] for r in groups[key]]
+        target = targets.get(key[0])
+        ax.plot(acc, [i] * len(acc), "o", alpha=0.6,
+                color="tab:green" if target is None or statistics.fmean(acc) >= target else "tab:orange")
+        ax.plot([statistics.fmean(acc)], [i], "k|", markersize=16, mew=2)
+        if target is not None:
+            ax.plot([target], [i], "r|", markersize=16, mew=2)
+    ax.set_yticks(range(len(keys)), [f"{name} ({device})" for name, device in keys], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_ylim(len(keys) - 0.5, -0.5)
+    ax.set_xlabel("test accuracy per seed (black: mean, red: target)")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
 
 
 def main(argv=None):

@@ -33,6 +33,7 @@ def test_each_seed_trains_once_and_the_table_gives_the_spread(harness, capsys):
     mean = statistics.fmean(r["test_accuracy"] for r in rows)
     line = next(x for x in (harness / "results" / "seeds.md").read_text().splitlines() if x.startswith("| toy-cnn |"))
     assert f"**{mean:.4f}**" in line and "| 2 |" in line and "of 2" in line
+    assert (harness / "results" / "seeds.png").read_bytes().startswith(b"\x89PNG")
 
     capsys.readouterr()
     assert seeds.main(["toy-cnn", "--seeds", "2"]) == 0            # resumes: nothing trained again
