@@ -71,25 +71,29 @@ def write_table(store, experiments):
 
 
 def plot(groups, targets, png):
-    """One row per experiment and device: a dot per seed, the mean (black bar) and the target (red bar)."""
+    """A panel per experiment and device, each on its own scale: a dot per seed, the mean (black bar) and
+    the target (red bar)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     keys = list(groups)
-    fig, ax = plt.subplots(figsize=(8, 1.0 + 0.45 * len(keys)))
-    for i, key in enumerate(keys):
+    if not keys:
+        return
+    fig, axes = plt.subplots(len(keys), 1, figsize=(8, 0.4 + 0.9 * len(keys)), squeeze=False)
+    for ax, key in zip(axes[:, 0], keys):
         acc = [r["test_accuracy"] for r in groups[key]]
-        target = targets.get(key[0])
-        ax.plot(acc, [i] * len(acc), "o", alpha=0.6,
-                color="tab:green" if target is None or statistics.fmean(acc) >= target else "tab:orange")
-        ax.plot([statistics.fmean(acc)], [i], "k|", markersize=16, mew=2)
+        mean, target = statistics.fmean(acc), targets.get(key[0])
+        ax.plot(acc, [0] * len(acc), "o", alpha=0.6,
+                color="tab:green" if target is None or mean >= target else "tab:orange")
+        ax.plot([mean], [0], "k|", markersize=18, mew=2)
+        shown = acc + ([target] if target is not None else [])
         if target is not None:
-            ax.plot([target], [i], "r|", markersize=16, mew=2)
-    ax.set_yticks(range(len(keys)), [f"{name} ({device})" for name, device in keys], fontsize=8)
-    ax.invert_yaxis()
-    ax.set_ylim(len(keys) - 0.5, -0.5)
-    ax.set_xlabel("test accuracy per seed (black: mean, red: target)")
-    ax.grid(axis="x", alpha=0.3)
+            ax.plot([target], [0], "r|", markersize=18, mew=2)
+        pad = max(0.002, 0.15 * (max(shown) - min(shown)))
+        ax.set_xlim(min(shown) - pad, max(shown) + pad)
+        ax.set_yticks([0], [f"{key[0]} ({key[1]})"], fontsize=8)
+        ax.grid(axis="x", alpha=0.3)
+    axes[-1, 0].set_xlabel("test accuracy per seed (black: mean, red: target; green: mean meets it)")
     fig.tight_layout()
     fig.savefig(png, dpi=100)
     plt.close(fig)
