@@ -6,7 +6,7 @@ A target a few test answers above a result is inside seed noise (Snips test has 
 experiment's flags plus --seed N (python -m train evaluates checkpoint-best, chosen on valid, on test);
 results/seeds.json keeps every run, and results/seeds.md the table with mean and sample standard deviation.
 Runs already recorded are skipped, so the command resumes; a result for the same seed made elsewhere (another
-machine, a GPU) can be added with --record SUMMARY_JSON --seed N --device WHERE.
+machine, a GPU) can be added with --record SUMMARY_JSON --seeds N --device WHERE.
 """
 import argparse
 import json
@@ -82,7 +82,7 @@ def plot(groups, targets, png):
     fig, axes = plt.subplots(len(keys), 1, figsize=(8, 0.4 + 0.9 * len(keys)), squeeze=False)
     for ax, key in zip(axes[:, 0], keys):
         acc = [r["test_accuracy"] for r in groups[key]]
-        mean, target = statistics.fmean(acc), targets.get(key[0])
+        mean, target = spread(groups[key])["mean"], targets.get(key[0])
         ax.plot(acc, [0] * len(acc), "o", alpha=0.6,
                 color="tab:green" if target is None or mean >= target else "tab:orange")
         ax.plot([mean], [0], "k|", markersize=18, mew=2)
@@ -136,7 +136,6 @@ def main(argv=None):
         row = record(store, args.name, seed, args.device, json.loads((out / "summary.json").read_text()), machine())
         write_table(store, experiments)
         print(f"= {args.name} seed {seed} ({args.device}): test {row['test_accuracy']:.4f}", flush=True)
-    write_table(store, experiments)
     return 0
 
 

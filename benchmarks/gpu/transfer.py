@@ -78,7 +78,7 @@ def unpack(prefix, pre, dst):
         sd[key] = words.contiguous()
     save_file(sd, dst / "model.safetensors")
     with tarfile.open(f"{prefix}.small.tar") as tar:
-        tar.extractall(dst)
+        tar.extractall(dst, filter="data")   # files this module packed; nothing outside dst
     print(f"{dst}: rebuilt from {len(parts)} parts")
 
 
