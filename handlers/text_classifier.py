@@ -1,21 +1,27 @@
-"""TorchServe handler: validate each request, classify the valid ones in one forward pass.
+"""TorchServe handler: validate each request, classify the texts of all valid ones in shared forward passes.
 
-The model code is textclf/, shipped inside the .mar next to the checkpoint files; this handler only
-turns TorchServe requests into texts and predictions into JSON. A bad request gets its own 4xx
-status and message; the rest of its batch is answered normally.
+The model code is textclf/, shipped inside the .mar next to the checkpoint files; this handler only turns
+TorchServe requests into texts and predictions into JSON. No request can fail another: a bad request gets its
+own 4xx; if a shared forward pass raises, each request of the batch is run again alone and only the one that
+still fails gets a 500. Requests, forms and errors: README "Request and response contract".
+
+TorchServe takes the one class this module defines as the handler: helpers live in textclf/.
 """
 import logging
 import os
 import time
 
 import torch
+from ts.metrics.dimension import Dimension
 from ts.torch_handler.base_handler import BaseHandler
 
-from textclf.inputs import RequestError, parse_request
+from textclf.explain import explain
+from textclf.inputs import Failure, Limits, Request, RequestError, parse_request
 from textclf.predict import Predictor
 
 log = logging.getLogger(__name__)
 WARMUP_TEXTS = ["warm up", "a slightly longer sentence to warm up the model before traffic arrives"]
+METRIC_PREFIX = "textclf_"
 
 
 class TextClassifierHandler(BaseHandler):
@@ -24,20 +30,28 @@ class TextClassifierHandler(BaseHandler):
         props = context.system_properties
         yaml_config = getattr(context, "model_yaml_config", None) or {}
         settings = yaml_config.get("handler") or {}
-        self.top_k = int(settings.get("top_k", 3))
-        self.max_chars = int(settings.get("max_chars", 20000))
+        self.limits = Limits.from_settings(settings)
+        self.batch_texts = int(settings.get("max_batch_texts", 64))      # texts per forward pass
         workers = int(yaml_config.get("minWorkers", 1) or 1)
         threads = int(settings.get("torch_threads", 0)) or max(1, len(os.sched_getaffinity(0)) // workers)
         torch.set_num_threads(threads)
         gpu = props.get("gpu_id")
         device = f"cuda:{gpu}" if gpu is not None and torch.cuda.is_available() else "cpu"
         self.predictor = Predictor.from_checkpoint(props["model_dir"], device, threads)
-        self.top_k = min(self.top_k, len(self.predictor.labels))
+        self.top_k = min(int(settings.get("top_k", 3)), len(self.predictor.labels))
+        model = (getattr(context, "manifest", None) or {}).get("model", {})
+        self.model_name = model.get("modelName") or getattr(context, "model_name", "model")
+        self.model_version = str(model.get("modelVersion", "1.0"))
         with torch.inference_mode():
             self.predictor.predict_proba(WARMUP_TEXTS)
         self.initialized = True
         log.info("loaded %s on %s with %d torch threads, %d labels, in %.1fs", props["model_dir"], device,
                  threads, len(self.predictor.labels), time.time() - started)
+
+    def _is_explain(self):
+        # BaseHandler reads request 0's "explain" header for the whole batch, but TorchServe batches
+        # /explanations with /predictions: each request is routed on its own header in preprocess().
+        return False
 
     def _content_type(self, idx, row):
         for name in ("data", "body"):
@@ -48,31 +62,111 @@ class TextClassifierHandler(BaseHandler):
         return self.context.get_request_header(idx, "Content-Type") or ""
 
     def preprocess(self, data):
-        """-> list of (text, top_k) or RequestError, one per request."""
+        """-> one Request, RequestError or Failure per request."""
         parsed = []
         for idx, row in enumerate(data):
             try:
-                parsed.append(parse_request(row, self._content_type(idx, row), len(self.predictor.labels),
-                                            self.top_k, self.max_chars))
+                parsed.append(parse_request(row, self._content_type(idx, row), self.predictor.labels, self.top_k,
+                                            self.limits, self.context.get_request_header(idx, "explain") == "True"))
             except RequestError as e:
                 parsed.append(e)
+            except Exception as e:   # a bug of ours must not fail the other requests of the batch
+                log.error("request %d: parsing raised %s", idx, type(e).__name__)
+                parsed.append(Failure(f"the server could not read this request ({type(e).__name__})"))
         return parsed
 
+    def _classify(self, requests, stats):
+        """{position: probabilities (n_texts, num_labels) or Failure} for [(position, Request)]: one shared
+        run in bounded forward passes; if that raises, each request alone."""
+        if not requests:
+            return {}
+        texts = [t for _, r in requests for t in r.texts]
+        try:
+            probs = self.predictor.predict_proba(texts, self.batch_texts, stats)
+        except Exception as e:
+            if len(requests) == 1:
+                log.error("request %d: the forward pass raised %s", requests[0][0], type(e).__name__)
+                return {requests[0][0]: Failure(f"the model failed on this request ({type(e).__name__})")}
+            log.error("a forward pass over %d requests raised %s; running each alone", len(requests),
+                      type(e).__name__)
+            return {k: v for item in requests for k, v in self._classify([item], stats).items()}
+        out, row = {}, 0
+        for position, request in requests:
+            out[position] = probs[row: row + len(request.texts)]
+            row += len(request.texts)
+        return out
+
+    def _explain(self, position, request, stats):
+        try:
+            return [explain(self.predictor, text, request.label, self.batch_texts) for text in request.texts]
+        except Exception as e:
+            log.error("request %d: the explanation raised %s", position, type(e).__name__)
+            return Failure(f"the model failed to explain this request ({type(e).__name__})")
+
     def inference(self, parsed):
-        valid = [p for p in parsed if not isinstance(p, RequestError)]
-        probs = self.predictor.predict_proba([text for text, _ in valid], batch_size=max(1, len(valid)))
-        return parsed, probs
+        stats = {}
+        valid = [(i, p) for i, p in enumerate(parsed) if isinstance(p, Request)]
+        results = self._classify([(i, r) for i, r in valid if not r.explain], stats)
+        results.update({i: self._explain(i, r, stats) for i, r in valid if r.explain})
+        return parsed, results, stats
+
+    def _answer(self, request, result):
+        if request.explain:
+            return result[0] if request.form == "one" else {"explanations": result}
+        predictions = self.predictor.top_k(result, request.top_k)
+        if request.form == "one":
+            return predictions[0]
+        if request.form in ("many", "v1"):
+            return {"predictions": predictions}
+        return self._v2_answer(request, predictions)
+
+    def _v2_answer(self, request, predictions):
+        n, k = len(predictions), request.top_k if request.top_k_asked else 1
+        ranked = [p["top_k"][:k] for p in predictions]
+        shape = [n, k] if request.top_k_asked else [n]
+        columns = {
+            "label": {"name": "label", "shape": shape, "datatype": "BYTES",
+                      "data": [x["label"] for row in ranked for x in row]},
+            "score": {"name": "score", "shape": shape, "datatype": "FP32",
+                      "data": [x["score"] for row in ranked for x in row]},
+        }
+        answer = {"model_name": self.model_name, "model_version": self.model_version}
+        if request.id is not None:
+            answer["id"] = request.id
+        answer["outputs"] = [columns[name] for name in request.outputs]
+        return answer
 
     def postprocess(self, output):
-        parsed, probs = output
-        answers, row = [], 0
+        parsed, results, stats = output
+        answers, statuses = [], []
         for idx, item in enumerate(parsed):
             self.context.set_response_content_type(idx, "application/json")
-            if isinstance(item, RequestError):
-                self.context.set_response_status(item.status, str(item), idx)
-                answers.append({"error": str(item), "error_type": "validation", "status": item.status})
-                log.info("request %d refused (%d): %s", idx, item.status, item)
+            result = results.get(idx)
+            if isinstance(item, Request) and not isinstance(result, Failure):
+                answers.append(self._answer(item, result))
+                statuses.append(200)
                 continue
-            answers.append(self.predictor.top_k(probs[row: row + 1], item[1])[0])
-            row += 1
+            error = result if isinstance(item, Request) else item
+            kind = "internal" if isinstance(error, Failure) else "validation"
+            self.context.set_response_status(error.status, str(error), idx)
+            answers.append({"error": str(error), "error_type": kind, "status": error.status})
+            statuses.append(error.status)
+            if kind == "validation":
+                log.info("request %d refused (%d): %s", idx, error.status, error)
+        self._record(statuses, stats)
         return answers
+
+    def _record(self, statuses, stats):
+        """Prometheus counters (through TorchServe's metrics): requests by outcome and status, and the work."""
+        metrics = self.context.metrics
+        for status in sorted(set(statuses)):
+            outcome = "answered" if status == 200 else f"{status // 100}xx"
+            metrics.add_counter(METRIC_PREFIX + "requests_total", statuses.count(status), None,
+                                [Dimension("outcome", outcome), Dimension("status", str(status))])
+        metrics.add_counter(METRIC_PREFIX + "batches_total", 1, None, [])
+        for key in ("forward_passes", "texts", "tokens"):
+            if stats.get(key):
+                metrics.add_counter(f"{METRIC_PREFIX}{key}_total", stats[key], None, [])
+        for key in ("tokenize_ms", "forward_ms"):
+            if stats.get(key):
+                metrics.add_counter(f"{METRIC_PREFIX}{key[:-3]}_milliseconds_total", round(stats[key], 3), None, [])

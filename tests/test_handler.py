@@ -14,10 +14,14 @@ PLAIN, JSON = {"content-type": "text/plain"}, {"content-type": "application/json
 
 class FakeMetrics:
     def __init__(self):
-        self.times = []
+        self.times, self.counters = [], {}
 
     def add_time(self, name, value, idx=None, unit="ms"):
         self.times.append((name, value, unit))
+
+    def add_counter(self, name, value, idx=None, dimensions=()):
+        key = (name, tuple((d.name, d.value) for d in dimensions))
+        self.counters[key] = self.counters.get(key, 0) + value
 
 
 class FakeContext:
@@ -32,8 +36,9 @@ class FakeContext:
         self.statuses, self.content_types = {}, {}
 
     def new_batch(self, headers):
-        """Per-request headers as the worker builds them: {parameter name: {"content-type": ...}, header: value}."""
-        self.headers = list(headers)
+        """Per-request headers as the worker builds them: {parameter name: {"content-type": ...}, header: value};
+        TorchServe's frontend adds "explain": "True" or "False" to every request."""
+        self.headers = [{"explain": "False", **h} for h in headers]
         self.statuses, self.content_types = {}, {}
 
     def get_request_header(self, idx, key):
@@ -117,6 +122,8 @@ MIXED = [
     ({"body": {"text": "soup", "top_k": 5}}, {"body": JSON}, (400, "'top_k' must be between 1 and 3, got 5")),
     ({"body": {"text": 42}}, {"body": JSON}, (400, "'text' must be a string, got number")),
     ({"body": {"text": "soup", "lang": "en"}}, {"body": JSON}, (400, "unknown field 'lang'")),
+    ({"body": {"text": "hello \ud800 world"}}, {"body": JSON}, (400, "unpaired surrogate (U+D800 at position 6)")),
+    ({"body": {"text": "\u200b\u200b"}}, {"body": JSON}, (400, "'text' is empty")),
     ({"body": b'{"text": "what is the forecast", "top_k": 2}'}, {"body": JSON}, (GOOD, "what is the forecast", 2)),
 ]
 
@@ -165,3 +172,113 @@ def test_default_top_k_is_capped_at_the_number_of_labels(tiny_ckpt):
     handler, context = start(tiny_ckpt, top_k=50)
     [answer] = handle(handler, context, [({"body": b"rain"}, {"body": PLAIN})])
     assert len(answer["top_k"]) == 3
+
+
+def test_the_handler_module_defines_one_class():
+    # TorchServe's loader refuses a handler module with more than one class ("Expected only one class")
+    import inspect
+    module = load_handler_module()
+    assert [n for n, c in inspect.getmembers(module, inspect.isclass) if c.__module__ == module.__name__] == [
+        "TextClassifierHandler"]
+
+
+def test_every_form_in_one_batch(served, predictor):
+    handler, context = served
+    texts = ["will it rain tomorrow", "play some jazz on the guitar", "bake a pizza", "rain"]
+    v2 = {"id": "r1", "inputs": [{"name": "text", "shape": [2], "datatype": "BYTES", "data": texts[:2]}],
+          "parameters": {"top_k": 2}}
+    answers = handle(handler, context, [
+        ({"body": {"texts": texts, "top_k": 2}}, {"body": JSON}),
+        ({"body": {"instances": [texts[2], {"data": texts[3]}]}}, {"body": JSON}),
+        ({"body": v2}, {"body": JSON}),
+        ({"body": {"inputs": [{"name": "t", "shape": [1], "datatype": "BYTES", "data": ["rain"]}]}}, {"body": JSON}),
+        ({"body": texts[0].encode()}, {"body": PLAIN}),
+    ])
+    assert not context.statuses
+    many, v1, v2_answer, v2_plain, one = answers
+    for answer, expected in zip(many["predictions"], predictor.predict(texts, top_k=2)):
+        assert_same_answer(answer, expected)
+    for answer, expected in zip(v1["predictions"], predictor.predict(texts[2:], top_k=3)):
+        assert_same_answer(answer, expected)
+    expected = predictor.predict(texts[:2], top_k=2)
+    assert v2_answer["model_name"] == "tinytest" and v2_answer["id"] == "r1"
+    labels, scores = v2_answer["outputs"]
+    assert (labels["name"], labels["datatype"], labels["shape"]) == ("label", "BYTES", [2, 2])
+    assert (scores["name"], scores["datatype"], scores["shape"]) == ("score", "FP32", [2, 2])
+    assert labels["data"] == [x["label"] for e in expected for x in e["top_k"]]
+    assert scores["data"] == pytest.approx([x["score"] for e in expected for x in e["top_k"]], abs=1e-5)
+    assert "id" not in v2_plain and [o["shape"] for o in v2_plain["outputs"]] == [[1], [1]]
+    assert v2_plain["outputs"][0]["data"] == [predictor.predict(["rain"])[0]["label"]]
+    assert_same_answer(one, predictor.predict([texts[0]], top_k=3)[0])
+
+
+def test_texts_are_split_into_bounded_forward_passes(tiny_ckpt, predictor):
+    handler, context = start(tiny_ckpt, max_batch_texts=2)
+    texts = ["rain", "play jazz", "a b c " * 10, "bake a pizza please", "soup"]
+    [answer] = handle(handler, context, [({"body": {"texts": texts}}, {"body": JSON})])
+    for got, expected in zip(answer["predictions"], predictor.predict(texts, top_k=3)):
+        assert_same_answer(got, expected)
+    assert context.metrics.counters[("textclf_forward_passes_total", ())] == 3
+    assert context.metrics.counters[("textclf_texts_total", ())] == 5
+
+
+def failing_on(handler, word):
+    """Make the tokenizer raise for any batch holding `word`, as an unforeseen input would."""
+    encode = handler.predictor.tokenizer.encode
+
+    def encode_or_fail(texts, max_length):
+        if any(word in t for t in texts):
+            raise RuntimeError(f"cannot tokenize {word}")
+        return encode(texts, max_length)
+    handler.predictor.tokenizer.encode = encode_or_fail
+
+
+def test_a_forward_pass_that_raises_fails_only_its_own_request(tiny_ckpt, predictor, caplog):
+    handler, context = start(tiny_ckpt)
+    failing_on(handler, "boom")
+    batch = [({"body": b"will it rain"}, {"body": PLAIN}),
+             ({"body": {"texts": ["play jazz", "boom goes the drum"]}}, {"body": JSON}),
+             ({"body": {"text": "bake bread"}}, {"body": JSON}),
+             ({"body": b""}, {"body": PLAIN})]
+    with caplog.at_level("INFO"):
+        answers = handle(handler, context, batch)
+    assert_same_answer(answers[0], predictor.predict(["will it rain"], top_k=3)[0])
+    assert_same_answer(answers[2], predictor.predict(["bake bread"], top_k=3)[0])
+    assert answers[1] == {"error": "the model failed on this request (RuntimeError)", "error_type": "internal",
+                          "status": 500}
+    assert context.statuses == {1: (500, answers[1]["error"]), 3: (400, "'text' is empty")}
+    assert "boom" not in caplog.text and "RuntimeError" in caplog.text   # logged without the text
+    counters = context.metrics.counters
+    assert counters[("textclf_requests_total", (("outcome", "answered"), ("status", "200")))] == 2
+    assert counters[("textclf_requests_total", (("outcome", "5xx"), ("status", "500")))] == 1
+    assert counters[("textclf_requests_total", (("outcome", "4xx"), ("status", "400")))] == 1
+
+
+def test_explanations_and_predictions_in_one_batch_are_each_answered_in_kind(served, predictor):
+    # TorchServe batches /explanations with /predictions; BaseHandler would follow request 0 for all
+    handler, context = served
+    for first in ("True", "False"):
+        second = "False" if first == "True" else "True"
+        answers = handle(handler, context, [
+            ({"body": b"play some jazz on the guitar"}, {"body": PLAIN, "explain": first}),
+            ({"body": b"play some jazz on the guitar"}, {"body": PLAIN, "explain": second}),
+        ])
+        explained, predicted = answers if first == "True" else answers[::-1]
+        assert not context.statuses
+        assert_same_answer(predicted, predictor.predict(["play some jazz on the guitar"], top_k=3)[0])
+        assert explained["label"] == predicted["label"]
+        assert [w["word"] for w in explained["words"]] == ["play", "some", "jazz", "on", "the", "guitar"]
+
+
+def test_explanation_of_a_named_label_and_v1(served, predictor):
+    handler, context = served
+    labels = predictor.labels
+    answers = handle(handler, context, [
+        ({"body": {"text": "rain and snow", "label": labels[1]}}, {"body": JSON, "explain": "True"}),
+        ({"body": {"instances": ["rain", "jazz guitar"]}}, {"body": JSON, "explain": "True"}),
+        ({"body": {"text": "rain", "label": "nope"}}, {"body": JSON, "explain": "True"}),
+    ])
+    assert answers[0]["label"] == labels[1]
+    assert answers[0]["score"] == pytest.approx(predictor.predict_proba(["rain and snow"])[0][1], abs=1e-5)
+    assert [len(e["words"]) for e in answers[1]["explanations"]] == [1, 2]
+    assert answers[2]["status"] == 400 and "'label' must be one of" in answers[2]["error"]

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .config import ModelConfig, load_labels, save_labels
+from .config import ModelConfig, check_max_length, load_labels, read_json, save_labels
 from .embeddings import TransformerEmbedding
 from .errors import CheckpointError
 from .model import TextClassifier
@@ -40,6 +40,11 @@ def check_folder(folder):
     missing = [f for f in required_files(config) if not (folder / f).exists()]
     if missing:
         raise CheckpointError(f"checkpoint {folder} is incomplete: missing {', '.join(missing)}")
+    backbone = folder / "transformer" / "config.json"
+    if config.embedding == "transformer" and backbone.is_file():
+        raw = read_json(backbone)
+        if isinstance(raw, dict):
+            check_max_length(config.max_length, raw, f"the backbone in {backbone}")
     return config
 
 

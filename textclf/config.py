@@ -82,6 +82,31 @@ class ModelConfig:
         return cls(**raw).validate()
 
 
+# Transformers whose position ids start after the padding id (pad_token_id + 1): fewer usable positions.
+_OFFSET_POSITIONS = ("roberta", "xlm-roberta", "camembert", "longformer", "bart", "mbart", "data2vec-text")
+
+
+def position_limit(transformer_config):
+    """How many tokens a transformer backbone takes (its config as a dict), or None when it does not say."""
+    positions = transformer_config.get("max_position_embeddings")
+    if not isinstance(positions, int) or transformer_config.get("position_embedding_type", "absolute") != "absolute":
+        return None
+    if transformer_config.get("model_type") in _OFFSET_POSITIONS:
+        positions -= int(transformer_config.get("pad_token_id") or 0) + 1
+    return positions
+
+
+def check_max_length(max_length, transformer_config, where="the backbone"):
+    """CheckpointError when max_length is beyond the backbone's position embeddings (a long text would fail)."""
+    limit = position_limit(transformer_config)
+    if limit is not None and max_length > limit:
+        raise CheckpointError(
+            f"max_length {max_length} is more than {where} takes: max_position_embeddings "
+            f"{transformer_config['max_position_embeddings']}"
+            + (f" ({limit} usable positions)" if limit != transformer_config["max_position_embeddings"] else "")
+            + f". To fix: use --max-length {limit} or less")
+
+
 def read_json(path):
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))

@@ -1,6 +1,7 @@
 """TextClassifier: embedding -> encoder -> dropout -> linear -> logits."""
 from torch import nn
 
+from .config import check_max_length
 from .embeddings import WordEmbedding
 from .encoders import ENCODERS
 
@@ -10,6 +11,9 @@ class TextClassifier(nn.Module):
         super().__init__()
         self.config = config
         self.embedding = embedding
+        backbone = getattr(embedding, "model", None)
+        if backbone is not None:   # a transformer: texts are truncated to max_length, which it must take
+            check_max_length(config.max_length, backbone.config.to_dict())
         self.encoder = ENCODERS[config.encoder](embedding.output_dim, config)
         self.dropout = nn.Dropout(config.dropout)
         self.classifier = nn.Linear(self.encoder.output_dim, config.num_labels)
