@@ -20,11 +20,29 @@ echo "== packaging"
 ./archive.sh "$RUN/checkpoint-best" snips
 
 echo "== starting TorchServe (inference on 127.0.0.1:8080)"
-torchserve --stop >/dev/null 2>&1 || true
+# TorchServe keeps its pid file (and the worker sockets) in $TMPDIR: with a folder of our own, `--stop`
+# stops the server started here and never a TorchServe the user runs elsewhere.
+TS_TMP="$ROOT/.torchserve"
+mkdir -p "$TS_TMP"
+ts() { TMPDIR="$TS_TMP" TEMP="$TS_TMP" TMP="$TS_TMP" torchserve "$@"; }
+port_taken() { (exec 3<>/dev/tcp/127.0.0.1/8080) 2>/dev/null; }
+if [ -s "$TS_TMP/.model_server.pid" ]; then
+  echo "== stopping the TorchServe an earlier ./quickstart.sh started"
+  ts --stop >/dev/null 2>&1 || true
+  for _ in $(seq 1 30); do port_taken || break; sleep 1; done   # it takes a moment to exit
+fi
+if port_taken; then
+  echo "port 8080 on 127.0.0.1 is taken by another server (another TorchServe?): stop it, or change the" \
+       "ports in config.properties, then run ./quickstart.sh again" >&2
+  exit 1
+fi
 rm -f key_file.json
-torchserve --start --ncs --ts-config config.properties --models snips=snips.mar >/dev/null
+# The server outlives this script: its output goes to a file, not to our stdout/stderr (a pipe reading this
+# script would otherwise stay open as long as TorchServe runs).
+ts --start --ncs --ts-config config.properties --models snips=snips.mar >"$TS_TMP/start.log" 2>&1 </dev/null
 for _ in $(seq 1 120); do [ -s key_file.json ] && break; sleep 1; done
-[ -s key_file.json ] || { echo "TorchServe wrote no key_file.json: see logs/ts_log.log" >&2; exit 1; }
+[ -s key_file.json ] || { echo "TorchServe wrote no key_file.json: see $TS_TMP/start.log and logs/ts_log.log" >&2
+                          exit 1; }
 KEY="$(python -c 'import json; print(json.load(open("key_file.json"))["inference"]["key"])')"
 for _ in $(seq 1 120); do
   code="$(curl -s -o /dev/null -w '%{http_code}' -H "Authorization: Bearer $KEY" -H 'Content-Type: text/plain' \
@@ -37,4 +55,6 @@ echo "== curl -H 'Authorization: Bearer \$KEY' -H 'Content-Type: text/plain' --d
 curl -s -H "Authorization: Bearer $KEY" -H 'Content-Type: text/plain' --data 'play some jazz by miles davis' \
   http://127.0.0.1:8080/predictions/snips
 echo
-echo "== TorchServe keeps running. Stop it with: .venv/bin/torchserve --stop"
+EXPIRES="$(python -c 'import json; print(json.load(open("key_file.json"))["inference"]["expiration time"][:16])')"
+echo "== TorchServe keeps running; its keys are in key_file.json (the inference key expires $EXPIRES UTC; README \"Keys\")."
+echo "   Stop it with: TMPDIR=.torchserve .venv/bin/torchserve --stop"

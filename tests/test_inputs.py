@@ -233,7 +233,7 @@ def test_unknown_or_non_text_charset_is_415(charset):
 
 def test_bytes_invalid_in_the_declared_charset():
     message = refused({"body": b"\xff\xfe\xfd"}, "text/plain; charset=ascii")
-    assert "not valid ascii (byte 0)" in message
+    assert "not valid 'ascii' (byte 0)" in message
 
 
 @pytest.mark.parametrize("content_type", [TEXT, JSON, ""])
@@ -354,3 +354,9 @@ def test_explanations_take_a_label_and_one_text_or_v1():
 ])
 def test_bad_explanation_requests(body, status, problem):
     assert problem in refused({"body": body}, JSON, status=status, explain=True, explain_max_words=8)
+
+
+@pytest.mark.parametrize("charset", ["punycode"])
+def test_codecs_that_raise_their_own_errors(charset):
+    # found by tests/test_fuzz.py: these decoders raise UnicodeError, not UnicodeDecodeError
+    assert f"not valid '{charset}'" in refused({"body": b'{"text": "x"}'}, f"application/json; charset={charset}")

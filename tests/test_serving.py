@@ -133,6 +133,10 @@ MIXED = [
     (dict(content_type="application/json", json_body={"text": ["a"]}), 400, "'text' must be a string, got array"),
     (dict(content_type="application/json", json_body={"top_k": 1}), 400, "no 'text' field"),
     (dict(content_type="application/json", json_body={"text": "soup", "lang": "en"}), 400, "unknown field 'lang'"),
+    (dict(content_type="application/json", data=b'{"text": "\\u200b\\ufeff"}'), 400, "'text' is empty"),
+    (dict(content_type="text/plain; charset=klingon", data=b"soup"), 415, "unsupported charset 'klingon'"),
+    (dict(content_type="text/plain; charset=iso-8859-1", data="café".encode("latin-1")), 200, (GOOD, "café")),
+    (dict(content_type="application/json", data=b'\xef\xbb\xbf{"text": "bake bread"}'), 200, (GOOD, "bake bread")),
     (dict(content_type="application/json", json_body={"text": "soup", "top_k": 0}), 400, "'top_k' must be between"),
     (dict(content_type="application/json", json_body={"text": "soup", "top_k": True}), 400, "got boolean"),
     (dict(content_type="image/png", data=b"\x89PNG\r\n\x1a\n"), 415, "unsupported Content-Type 'image/png'"),
@@ -166,7 +170,26 @@ def test_a_burst_of_bad_and_good_requests(server, predictor):
 
 
 def test_requests_over_max_request_size_are_refused_by_the_frontend(server):
-    assert server.predict("text/plain", data=b"x" * 70000).status_code == 413
+    assert server.predict("text/plain", data=b"x" * 600000).status_code == 413
+
+
+def test_a_lone_surrogate_inside_a_burst_fails_only_itself(server, predictor):
+    # {"text": "hello \ud800 world"} is valid JSON whose string no tokenizer takes; it used to fail its
+    # whole TorchServe batch with 503. Sent amid good requests, batched together (batchSize 8, 50 ms).
+    bad = b'{"text": "hello \\ud800 world"}'
+    items = [bad if i % 6 == 3 else TEXTS[i % len(TEXTS)].encode() for i in range(30)]
+    calls = server.handler_calls()
+    with ThreadPoolExecutor(max_workers=10) as pool:
+        responses = list(pool.map(lambda b: server.predict("application/json" if b == bad else "text/plain",
+                                                           data=b), items))
+    assert server.handler_calls() - calls < len(items)   # batches did form
+    for body, r in zip(items, responses):
+        if body == bad:
+            assert r.status_code == 400, r.text
+            assert "unpaired surrogate (U+D800 at position 6)" in r.json()["error"]
+        else:
+            assert r.status_code == 200, r.text
+            assert_same(r.json(), predictor.predict([body.decode()], top_k=3)[0])
 
 
 @pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer not-the-key"}, "management-key"])

@@ -42,8 +42,10 @@ def log_tail(folder, lines=40):
 
 
 class Server:
-    def __init__(self, inference, management, keys, run_dir, tmp, models):
-        self.inference, self.management, self.run_dir, self.tmp = inference, management, run_dir, tmp
+    def __init__(self, config, keys, run_dir, tmp, models):
+        self.inference, self.management = config["inference_address"], config["management_address"]
+        self.metrics = config["metrics_address"]
+        self.run_dir, self.tmp = run_dir, tmp
         self.models = list(models)
         self.auth = {"Authorization": f"Bearer {keys['inference']['key']}"}
         self.manage_auth = {"Authorization": f"Bearer {keys['management']['key']}"}
@@ -89,8 +91,7 @@ def _wait_until_serving(launcher, run_dir, config, pid_file, models, timeout):
                 pytest.fail(f"the TorchServe frontend (pid {pid}) died\n{log_tail(run_dir)}")
         if key_file.is_file():
             try:
-                server = server or Server(config["inference_address"], config["management_address"],
-                                          json.loads(key_file.read_text()), run_dir, pid_file.parent, models)
+                server = server or Server(config, json.loads(key_file.read_text()), run_dir, pid_file.parent, models)
                 waiting = [m for m in waiting if server.predict(data=b"warm up", model=m).status_code != 200]
                 if not waiting:
                     return server

@@ -286,7 +286,9 @@ def _decode(raw, charset):
     try:
         text = bytes(raw).decode(codec)
     except UnicodeDecodeError as e:
-        raise RequestError(f"the body is not valid {charset or 'UTF-8'} (byte {e.start})") from None
+        raise RequestError(f"the body is not valid {_shown(charset) if charset else 'UTF-8'} (byte {e.start})") from None
+    except (UnicodeError, ValueError):   # codecs such as punycode and idna raise these (found by tests/test_fuzz.py)
+        raise RequestError(f"the body is not valid {_shown(charset)}") from None
     return text[1:] if text.startswith("\ufeff") else text
 
 
@@ -332,8 +334,9 @@ def parse_request(row, content_type, labels, top_k=1, limits=None, explain=False
         media = "application/json"
     if media in JSON_TYPES:
         if isinstance(body, (bytes, bytearray)):   # a str is a JSON string the worker already parsed
+            text = _as_text(body, charset)
             try:
-                body = json.loads(_as_text(body, charset))
+                body = json.loads(text)
             except RecursionError:
                 raise RequestError("the JSON body is nested too deeply") from None
             except ValueError as e:

@@ -1,0 +1,79 @@
+"""./quickstart.sh end to end, training skipped (a checkpoint is already in place, as on a second run): it
+packs, starts TorchServe on 127.0.0.1:8080, answers the curl, and stops only the TorchServe it started: a
+TorchServe the user already runs (another temp folder, other ports) keeps serving through it all.
+
+Runs in a copy of the scripts and model code with the tiny fixture model; needs port 8080 free.
+"""
+import os
+import shutil
+import socket
+import subprocess
+import time
+
+import pytest
+
+from benchmarks.tsserver import server_env
+from conftest import ROOT
+from tsutil import torchserve
+
+pytestmark = pytest.mark.serving
+FILES = ["quickstart.sh", "setup.sh", "archive.sh", "requirements.txt", "config.properties", "handlers", "textclf"]
+MODEL_CONFIG = "minWorkers: 1\nmaxWorkers: 1\nbatchSize: 4\nmaxBatchDelay: 5\nresponseTimeout: 30\n" \
+               "handler:\n  torch_threads: 1\n"
+
+
+def port_taken(port):
+    with socket.socket() as s:
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+@pytest.fixture
+def repo_copy(tmp_path, tiny_ckpt):
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    for name in FILES:
+        (shutil.copytree if (ROOT / name).is_dir() else shutil.copy2)(ROOT / name, repo / name)
+    (repo / ".venv").symlink_to(ROOT / ".venv")
+    shutil.copytree(tiny_ckpt, repo / "runs" / "snips-minilm-cls" / "checkpoint-best")
+    (repo / "handlers" / "model-config.yaml").write_text(MODEL_CONFIG)
+    yield repo
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"TMPDIR": str(repo / ".torchserve")}
+    subprocess.run([str(ROOT / ".venv" / "bin" / "torchserve"), "--stop"], cwd=repo, env=env, timeout=60,
+                   capture_output=True)
+
+
+def quickstart(repo):
+    """-> (exit code, what it printed). Output goes to a file: a server left running must not hold our pipe."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TMPDIR")}
+    log = repo / "quickstart.log"
+    with open(log, "w") as out:
+        rc = subprocess.run(["bash", "quickstart.sh"], cwd=repo, env=env, stdout=out, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, timeout=400).returncode
+    return rc, log.read_text()
+
+
+def test_quickstart_serves_and_stops_only_its_own_torchserve(repo_copy, tiny_ckpt, tmp_path):
+    if port_taken(8080):
+        pytest.skip("port 8080 on 127.0.0.1 is taken; quickstart.sh serves there")
+    base = tmp_path / "users-own"
+    base.mkdir()
+    (base / "model-config.yaml").write_text(MODEL_CONFIG)
+    with torchserve(base, {"theirs": tiny_ckpt}, base / "model-config.yaml") as theirs:
+        rc, out = quickstart(repo_copy)
+        assert rc == 0, out[-4000:]
+        assert '"label"' in out and "expires" in out
+        assert theirs.predict(data=b"rain").status_code == 200
+        # a second run stops the first run's server (its own) and serves again
+        rc, out = quickstart(repo_copy)
+        assert rc == 0, out[-4000:]
+        assert "stopping the TorchServe an earlier ./quickstart.sh started" in out and '"label"' in out
+        assert theirs.predict(data=b"rain").status_code == 200
+        # the stop command it prints stops it, and only it
+        env = server_env(repo_copy / ".torchserve")
+        subprocess.run([str(ROOT / ".venv" / "bin" / "torchserve"), "--stop"], cwd=repo_copy, env=env, timeout=60,
+                       check=True, capture_output=True)
+        deadline = time.monotonic() + 30   # --stop signals the server and returns; it exits soon after
+        while port_taken(8080) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert not port_taken(8080)
+        assert theirs.predict(data=b"rain").status_code == 200

@@ -1,0 +1,252 @@
+"""The serving contract against a real TorchServe: many texts per request, KServe v1, Open Inference Protocol
+v2, explanations, Prometheus metrics and keys, on a real Snips model (GloVe + CNN, trained by conftest).
+
+Select with `-m serving`. About a minute on 2 cores, mostly start-up.
+"""
+import json
+import re
+import time
+from datetime import datetime, timezone
+
+import pytest
+import requests
+
+from benchmarks.tsserver import read_properties
+from conftest import ROOT
+from textclf.predict import Predictor
+from tsutil import HTTP_TIMEOUT, torchserve
+
+pytestmark = pytest.mark.serving
+
+MODEL = "snips"
+MODEL_CONFIG = """\
+minWorkers: 1
+maxWorkers: 1
+batchSize: 8
+maxBatchDelay: 20
+responseTimeout: 30
+handler:
+  top_k: 3
+  torch_threads: 1
+  max_chars: 2000
+  max_texts: 16
+  max_total_chars: 4000
+  max_batch_texts: 8
+  explain_max_words: 20
+"""
+SENTENCES = ["play some jazz by miles davis", "will it rain in paris tomorrow", "book a table for two tonight",
+             "add this song to my road trip playlist", "rate this book five stars", "find the movie schedule",
+             "show me the tv series the wire"]
+
+
+@pytest.fixture(scope="module")
+def server(snips_glove_ckpt, tmp_path_factory):
+    base = tmp_path_factory.mktemp("torchserve-contract")
+    (base / "model-config.yaml").write_text(MODEL_CONFIG)
+    with torchserve(base, {MODEL: snips_glove_ckpt}, base / "model-config.yaml") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def predictor(snips_glove_ckpt):
+    return Predictor.from_checkpoint(snips_glove_ckpt)
+
+
+def post(server, path, body=None, data=None, content_type="application/json", headers=None):
+    h = {**server.auth, "Content-Type": content_type, **(headers or {})}
+    return requests.post(server.inference + path, data=json.dumps(body) if body is not None else data, headers=h,
+                         timeout=HTTP_TIMEOUT)
+
+
+def assert_prediction(answer, expected, atol=1e-4):
+    assert answer["label"] == expected["label"]
+    assert answer["score"] == pytest.approx(expected["score"], abs=atol)
+    assert [x["label"] for x in answer["top_k"]] == [x["label"] for x in expected["top_k"]]
+
+
+def assert_error(r, status, words):
+    assert r.status_code == status, r.text
+    assert r.headers["Content-Type"].startswith("application/json")
+    body = r.json()
+    assert body["status"] == status and body["error_type"] == "validation" and words in body["error"], body
+
+
+# ---- many texts
+
+def test_many_texts_in_one_request_answer_in_order(server, predictor):
+    r = post(server, f"/predictions/{MODEL}", {"texts": SENTENCES, "top_k": 2})
+    assert r.status_code == 200, r.text
+    predictions = r.json()["predictions"]
+    assert len(predictions) == len(SENTENCES)
+    for answer, expected in zip(predictions, predictor.predict(SENTENCES, top_k=2)):
+        assert_prediction(answer, expected)
+    assert [p["label"] for p in predictions][:2] == ["PlayMusic", "GetWeather"]
+
+
+def test_limits_and_bad_texts_in_a_list(server):
+    assert_error(post(server, f"/predictions/{MODEL}", {"texts": ["a"] * 17}), 413, "the limit is 16 per request")
+    assert_error(post(server, f"/predictions/{MODEL}", {"texts": ["x" * 1500] * 3}), 413,
+                 "4500 characters in all; the limit is 4000")
+    assert_error(post(server, f"/predictions/{MODEL}", {"texts": ["play jazz", "", "rain"]}), 400,
+                 "'texts'[1] is empty")
+    assert_error(post(server, f"/predictions/{MODEL}", data=b'{"texts": ["ok", "\\udc00"]}'), 400,
+                 "'texts'[1] holds an unpaired surrogate")
+
+
+# ---- KServe v1
+
+@pytest.mark.parametrize("path", [f"/v1/models/{MODEL}:predict", f"/predictions/{MODEL}"])
+def test_kserve_v1(server, predictor, path):
+    r = post(server, path, {"instances": [SENTENCES[0], {"data": SENTENCES[1]}, {"text": SENTENCES[2]}]})
+    assert r.status_code == 200, r.text
+    for answer, expected in zip(r.json()["predictions"], predictor.predict(SENTENCES[:3], top_k=3)):
+        assert_prediction(answer, expected)
+
+
+@pytest.mark.parametrize("body, words", [({"instances": []}, "'instances' is empty"),
+                                         ({"instances": "play jazz"}, "must be an array"),
+                                         ({"instances": ["ok", {"b64": "AAA="}]}, "'instances'[1] must be")])
+def test_malformed_v1(server, body, words):
+    assert_error(post(server, f"/v1/models/{MODEL}:predict", body), 400, words)
+
+
+# ---- Open Inference Protocol v2
+
+def v2(texts, **extra):
+    return {"inputs": [{"name": "text", "shape": [len(texts)], "datatype": "BYTES", "data": texts}], **extra}
+
+
+def test_v2_infer(server, predictor):
+    r = post(server, f"/v2/models/{MODEL}/infer", v2(SENTENCES[:3], id="req-42"))
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert (answer["model_name"], answer["id"]) == (MODEL, "req-42")
+    labels, scores = answer["outputs"]
+    expected = predictor.predict(SENTENCES[:3])
+    assert labels == {"name": "label", "shape": [3], "datatype": "BYTES", "data": [e["label"] for e in expected]}
+    assert (scores["name"], scores["shape"], scores["datatype"]) == ("score", [3], "FP32")
+    assert scores["data"] == pytest.approx([e["score"] for e in expected], abs=1e-4)
+
+
+def test_v2_top_k_and_one_text(server, predictor):
+    r = post(server, f"/v2/models/{MODEL}/infer", v2(["play jazz"], parameters={"top_k": 3}))
+    assert r.status_code == 200, r.text
+    labels, scores = r.json()["outputs"]
+    assert labels["shape"] == scores["shape"] == [1, 3]
+    assert labels["data"] == [x["label"] for x in predictor.predict(["play jazz"], top_k=3)[0]["top_k"]]
+    assert "id" not in r.json()
+
+
+@pytest.mark.parametrize("body, words", [
+    ({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [0.5]}]}, 'datatype must be "BYTES"'),
+    (v2(["a", "b"]) | {"inputs": [{"name": "t", "shape": [3], "datatype": "BYTES", "data": ["a", "b"]}]},
+     "shape [3] holds 3 elements"),
+    ({"inputs": "play jazz"}, "exactly one input"),
+    (v2(["ok", 5]), "'inputs'[0].data[1] must be a string, got number"),
+])
+def test_malformed_v2(server, body, words):
+    assert_error(post(server, f"/v2/models/{MODEL}/infer", body), 400, words)
+
+
+def test_v2_body_that_is_not_json(server):
+    assert_error(post(server, f"/v2/models/{MODEL}/infer", data=b'{"inputs": ['), 400, "not valid JSON")
+
+
+# ---- explanations
+
+@pytest.mark.parametrize("how", ["plain", "json"])
+def test_explanation_ranks_a_content_word_first(server, how):
+    text = "play some jazz by miles davis"
+    r = (post(server, f"/explanations/{MODEL}", data=text.encode(), content_type="text/plain") if how == "plain"
+         else post(server, f"/explanations/{MODEL}", {"text": text}))
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert answer["label"] == "PlayMusic"
+    assert [w["word"] for w in answer["words"]] == text.split()
+    assert all(text[w["start"]:w["end"]] == w["word"] for w in answer["words"])
+    best = max(answer["words"], key=lambda w: w["importance"])
+    assert best["word"] in ("play", "jazz", "miles", "davis"), answer["words"]
+
+
+def test_explanation_of_another_label_and_v1_explain(server):
+    r = post(server, f"/explanations/{MODEL}", {"text": "will it rain in paris", "label": "PlayMusic"})
+    assert r.status_code == 200 and r.json()["label"] == "PlayMusic" and r.json()["score"] < 0.5, r.text
+    r = post(server, f"/v1/models/{MODEL}:explain", {"instances": ["play jazz", "will it rain"]})
+    assert r.status_code == 200, r.text
+    assert [e["label"] for e in r.json()["explanations"]] == ["PlayMusic", "GetWeather"]
+
+
+def test_bad_explanation_requests(server):
+    assert_error(post(server, f"/explanations/{MODEL}", {"text": "play jazz", "label": "Dance"}), 400,
+                 "'label' must be one of the model's labels")
+    assert_error(post(server, f"/explanations/{MODEL}", {"text": " ".join(["jazz"] * 21)}), 413,
+                 "has 21 words; explanations take at most 20")
+    assert_error(post(server, f"/explanations/{MODEL}", {"texts": ["a", "b"]}), 400, "explanations take one text")
+    assert_error(post(server, f"/explanations/{MODEL}", data=b"", content_type="text/plain"), 400, "is empty")
+
+
+# ---- Prometheus metrics
+
+def scrape(server):
+    r = requests.get(server.metrics + "/metrics", timeout=10)
+    assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/plain")
+    values = {}
+    for line in r.text.splitlines():
+        m = re.match(r"^(\w+)(\{.*\})? ([-+0-9.eE]+|NaN)$", line)
+        if m and m.group(1).startswith(("textclf_", "ts_inference_requests_total")):
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
+            key = (m.group(1), labels.get("outcome"), labels.get("status"))
+            values[key] = values.get(key, 0) + float(m.group(3))
+    return values
+
+
+def test_metrics_move_by_exactly_the_traffic_sent(server):
+    before = scrape(server)
+    sent = [post(server, f"/predictions/{MODEL}", data=s.encode(), content_type="text/plain") for s in SENTENCES[:3]]
+    sent.append(post(server, f"/predictions/{MODEL}", {"texts": SENTENCES[3:7]}))
+    sent += [post(server, f"/predictions/{MODEL}", {"text": ""}), post(server, f"/predictions/{MODEL}", {"txt": 1})]
+    sent.append(post(server, f"/predictions/{MODEL}", data=b"x", content_type="image/png"))
+    assert [r.status_code for r in sent] == [200] * 4 + [400, 400, 415]
+    expected = {("textclf_requests_total", "answered", "200"): 4, ("textclf_requests_total", "4xx", "400"): 2,
+                ("textclf_requests_total", "4xx", "415"): 1, ("textclf_texts_total", None, None): 7,
+                ("ts_inference_requests_total", None, None): 7}
+    deadline, moved = time.monotonic() + 20, {}
+    while time.monotonic() < deadline:   # the frontend reads the workers' metric lines asynchronously
+        after = scrape(server)
+        moved = {k: after.get(k, 0) - before.get(k, 0) for k in expected}
+        if moved == expected:
+            break
+        time.sleep(0.5)
+    assert moved == expected
+    for name in ("textclf_tokens_total", "textclf_batches_total", "textclf_forward_passes_total",
+                 "textclf_tokenize_milliseconds_total", "textclf_forward_milliseconds_total"):
+        assert after[(name, None, None)] > before.get((name, None, None), 0), name
+    assert after[("textclf_tokens_total", None, None)] - before.get(("textclf_tokens_total", None, None), 0) >= 7
+
+
+def test_metrics_listen_on_loopback_only():
+    config = read_properties(ROOT / "config.properties")
+    assert config["metrics_address"].startswith("http://127.0.0.1:")
+    assert config["metrics_mode"] == "prometheus"
+
+
+# ---- keys
+
+def test_keys_live_for_the_configured_lifetime_and_rotate(server):
+    minutes = int(read_properties(ROOT / "config.properties")["token_expiration_min"])
+    keys = json.loads((server.run_dir / "key_file.json").read_text())
+    expires = datetime.fromisoformat(keys["inference"]["expiration time"].replace("Z", "+00:00")[:26] + "+00:00")
+    left = (expires - datetime.now(timezone.utc)).total_seconds() / 60
+    assert minutes - 10 < left <= minutes, (left, minutes)
+    # rotation: the API key mints a new inference key; the old one stops working at once
+    old = dict(server.auth)
+    r = requests.post(f"{server.management}/token?type=inference",
+                      headers={"Authorization": f"Bearer {keys['API']['key']}"}, timeout=HTTP_TIMEOUT)
+    assert r.status_code == 200, r.text
+    new = json.loads((server.run_dir / "key_file.json").read_text())["inference"]["key"]
+    assert new != keys["inference"]["key"]
+    server.auth = {"Authorization": f"Bearer {new}"}
+    assert post(server, f"/predictions/{MODEL}", data=b"play jazz", content_type="text/plain").status_code == 200
+    r = requests.post(f"{server.inference}/predictions/{MODEL}", data=b"play jazz",
+                      headers={**old, "Content-Type": "text/plain"}, timeout=HTTP_TIMEOUT)
+    assert r.status_code in (400, 401) and "label" not in r.text
