@@ -33,8 +33,14 @@ class TextClassifierHandler(BaseHandler):
         self.limits = Limits.from_settings(settings)
         self.batch_texts = int(settings.get("max_batch_texts", 64))      # texts per forward pass
         workers = int(yaml_config.get("minWorkers", 1) or 1)
-        threads = int(settings.get("torch_threads", 0)) or max(1, len(os.sched_getaffinity(0)) // workers)
+        cores = len(os.sched_getaffinity(0))
+        threads = int(settings.get("torch_threads", 0)) or max(1, cores // workers)
         torch.set_num_threads(threads)
+        # A TorchServe batch of this many texts or more (a request of many texts) may use the cores that
+        # nothing else runs on: one request goes to one worker, which at cores / workers threads would leave
+        # the other cores idle when the other workers are.
+        self.cores, self.threads = cores, threads
+        self.parallel_min_texts = int(settings.get("parallel_min_texts", 32)) or 1 << 30
         gpu = props.get("gpu_id")
         device = f"cuda:{gpu}" if gpu is not None and torch.cuda.is_available() else "cpu"
         self.predictor = Predictor.from_checkpoint(props["model_dir"], device, threads)
@@ -81,7 +87,10 @@ class TextClassifierHandler(BaseHandler):
         if not requests:
             return {}
         texts = [t for _, r in requests for t in r.texts]
+        threads = self._threads_for(len(texts))
         try:
+            if threads != self.threads:
+                torch.set_num_threads(threads)
             probs = self.predictor.predict_proba(texts, self.batch_texts, stats)
         except Exception as e:
             if len(requests) == 1:
@@ -90,11 +99,32 @@ class TextClassifierHandler(BaseHandler):
             log.error("a forward pass over %d requests raised %s; running each alone", len(requests),
                       type(e).__name__)
             return {k: v for item in requests for k, v in self._classify([item], stats).items()}
+        finally:
+            if threads != self.threads:
+                torch.set_num_threads(self.threads)
         out, row = {}, 0
         for position, request in requests:
             out[position] = probs[row: row + len(request.texts)]
             row += len(request.texts)
         return out
+
+    def _threads_for(self, texts):
+        """Torch threads for a forward run over `texts` texts: the configured ones, or for a large run as many
+        as there are cores idle now. Idle is read from the kernel's count of runnable tasks (/proc/loadavg,
+        the median of 5 looks 1 ms apart, less this worker): other busy workers keep it at the configured
+        count, so a large request never oversubscribes a loaded machine."""
+        if texts < self.parallel_min_texts or self.threads >= self.cores:
+            return self.threads
+        try:
+            looks = []
+            for _ in range(5):
+                with open("/proc/loadavg", encoding="ascii") as f:
+                    looks.append(int(f.read().split()[3].split("/")[0]))
+                time.sleep(0.001)
+        except (OSError, ValueError, IndexError):
+            return self.threads
+        others = sorted(looks)[2] - 1
+        return max(self.threads, min(self.cores, self.cores - others))
 
     def _explain(self, position, request, stats):
         try:

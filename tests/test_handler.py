@@ -222,6 +222,19 @@ def test_texts_are_split_into_bounded_forward_passes(tiny_ckpt, predictor):
     assert context.metrics.counters[("textclf_texts_total", ())] == 5
 
 
+def test_a_large_request_may_borrow_idle_cores_and_gives_them_back(tiny_ckpt, predictor):
+    import torch
+    handler, context = start(tiny_ckpt, parallel_min_texts=4)
+    assert handler.threads == 1
+    texts = ["rain", "play jazz", "bake a pizza please", "soup", "guitar songs"]
+    [answer] = handle(handler, context, [({"body": {"texts": texts}}, {"body": JSON})])
+    for got, expected in zip(answer["predictions"], predictor.predict(texts, top_k=3)):
+        assert_same_answer(got, expected)
+    assert torch.get_num_threads() == 1
+    assert 1 <= handler._threads_for(len(texts)) <= handler.cores
+    assert handler._threads_for(3) == 1
+
+
 def failing_on(handler, word):
     """Make the tokenizer raise for any batch holding `word`, as an unforeseen input would."""
     encode = handler.predictor.tokenizer.encode
