@@ -60,12 +60,18 @@ class TextClassifierHandler(BaseHandler):
         return False
 
     def _content_type(self, idx, row):
+        """The client's Content-Type header as sent, parameters (charset) included; TorchServe's per-body
+        content type has them stripped."""
+        headers = self.context.get_all_request_header(idx) or {}
+        sent = next((v for k, v in headers.items() if k.lower() == "content-type" and isinstance(v, str)), None)
+        if sent is not None:
+            return sent
         for name in ("data", "body"):
             if name in row:
                 header = self.context.get_request_header(idx, name)
                 if isinstance(header, dict):
                     return header.get("content-type") or ""
-        return self.context.get_request_header(idx, "Content-Type") or ""
+        return ""
 
     def preprocess(self, data):
         """-> one Request, RequestError or Failure per request."""

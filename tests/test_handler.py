@@ -44,6 +44,9 @@ class FakeContext:
     def get_request_header(self, idx, key):
         return self.headers[idx].get(key) if idx < len(self.headers) else None
 
+    def get_all_request_header(self, idx):
+        return self.headers[idx] if idx < len(self.headers) else {}
+
     def set_response_status(self, code=200, phrase="", idx=0):
         self.statuses[idx] = (code, phrase)
 
@@ -124,6 +127,11 @@ MIXED = [
     ({"body": {"text": "soup", "lang": "en"}}, {"body": JSON}, (400, "unknown field 'lang'")),
     ({"body": {"text": "hello \ud800 world"}}, {"body": JSON}, (400, "unpaired surrogate (U+D800 at position 6)")),
     ({"body": {"text": "\u200b\u200b"}}, {"body": JSON}, (400, "'text' is empty")),
+    # TorchServe strips the parameters from the body's content type; the client's header keeps them
+    ({"body": "soup"}, {"body": PLAIN, "Content-Type": "text/plain; charset=klingon"},
+     (415, "unsupported charset 'klingon'")),
+    ({"body": "caf\u00e9".encode("latin-1")}, {"body": {"content-type": "text/plain"},
+                                              "content-type": "text/plain; charset=ISO-8859-1"}, (GOOD, "café", 3)),
     ({"body": b'{"text": "what is the forecast", "top_k": 2}'}, {"body": JSON}, (GOOD, "what is the forecast", 2)),
 ]
 
