@@ -19,10 +19,12 @@ PY="${PYTHON:-python3.11}"; command -v "$PY" >/dev/null || PY=python3
   || { echo "setup: Python 3.10 or newer is needed (found $("$PY" --version))" >&2; exit 1; }
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
 STAMP=.venv/.requirements.sha256
-WANT="$(sha256sum requirements.txt | cut -d' ' -f1)"
+WANT="$(cat requirements.txt pyproject.toml | sha256sum | cut -d' ' -f1)"
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$WANT" ]; then
   echo "setup: installing Python packages into .venv (a few minutes the first time)"
   .venv/bin/python -m pip install -q -r requirements.txt
+  # this project itself, editable: textclf, train, loadtest and benchmarks import each other by name
+  .venv/bin/python -m pip install -q --no-deps --no-build-isolation -e .
   echo "$WANT" > "$STAMP"
 fi
 echo "setup: ready ($(.venv/bin/python --version), $(java -version 2>&1 | head -1))"

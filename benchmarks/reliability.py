@@ -38,11 +38,9 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
+from benchmarks.tsserver import TorchServe, TorchServeError, archive
 
-from benchmarks.tsserver import TorchServe, TorchServeError, archive  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 NAME = "reliability"
 REFUSED = (429, 503)

@@ -13,15 +13,13 @@ Environment, besides loadtest/locustfile.py's TS_MODEL, TS_KEY_FILE, TS_DATA and
 """
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import gevent
 from locust import constant, constant_throughput, events
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "loadtest"))
-import locustfile as base  # noqa: E402  (registers its init/test_stop listeners; its user class stays out of this module)
+import loadtest.locustfile as base  # registers its init/test_stop listeners; its user class stays out of this module
 
 RATE = float(os.environ.get("TS_RATE") or 0)
 RECORDS = []   # (start, latency_ms, status, json_ok)

@@ -24,7 +24,6 @@ import ipaddress
 import json
 import os
 import random
-import sys
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -32,11 +31,9 @@ import gevent
 from locust import FastHttpUser, constant, events, task
 from locust.stats import CSV_STATS_INTERVAL_SEC
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))   # train/ and textclf/ live at the repository root
+from train.data import find_split, read_examples
 
-from train.data import find_split, read_examples  # noqa: E402  (needs the path above)
+ROOT = Path(__file__).resolve().parents[1]
 
 NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
 

@@ -7,15 +7,12 @@ import contextlib
 import pickle
 import random
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 # Three labels with disjoint keyword vocabularies and shared filler words: separable, but only
 # through the keywords, so a model that learned nothing stays near chance (1/3).

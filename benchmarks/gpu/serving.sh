@@ -2,7 +2,7 @@
 # On a GPU machine without Java or TorchServe, from the repository root, with $CARRY made by
 # benchmarks/gpu/prepare.sh: unpack the trimmed Java 17, install TorchServe 0.12.0 (its frontend jar carried
 # xz-packed, rebuilt here), then serve model_store/snips.mar with GPU and then CPU workers
-# (benchmarks/gpu/serving.py). See benchmarks/gpu/README.md.
+# (python -m benchmarks.gpu.serving). See benchmarks/gpu/README.md.
 export PYTHONUNBUFFERED=1
 D=${CARRY:-.devcarry}; PY=${PY:-python3}
 tar -C /tmp -xJf $D/jre.tar.xz && export JAVA_HOME=/tmp/jre PATH=/tmp/jre/bin:$PATH
@@ -24,4 +24,4 @@ with zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as z:
 print("jar rebuilt:", dst, len(files), "entries", os.path.getsize(dst) // 1000000, "MB")
 PYEOF
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
-timeout ${SERVE_BUDGET:-300} $PY benchmarks/gpu/serving.py model_store/snips.mar
+timeout ${SERVE_BUDGET:-300} $PY -m benchmarks.gpu.serving model_store/snips.mar

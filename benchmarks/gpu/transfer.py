@@ -14,7 +14,6 @@ import sys
 import tarfile
 from pathlib import Path
 
-import torch
 from safetensors.torch import load_file, save_file, load, save
 
 WORD = "embeddings.word_embeddings.weight"
