@@ -27,8 +27,8 @@ import requests
 from tqdm import tqdm
 
 from benchmarks.serving_report import git_commit, machine, versions
-from benchmarks.tsserver import ROOT, TorchServe, archive
-from train.data import read_examples
+from serving.torchserve import ROOT, TorchServe, archive
+from textclf.data import read_examples
 
 
 def parse_args(argv=None):

@@ -85,7 +85,7 @@ def main(argv=None):
     import torch
     from textclf.errors import CheckpointError, DataError
     from textclf.predict import Predictor
-    from train.data import read_examples
+    from textclf.data import read_examples
 
     threads = args.threads or len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)

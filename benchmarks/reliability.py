@@ -6,7 +6,7 @@ Usage: benchmarks/reliability.sh CKPT [--soak-minutes 30] [--overload-users 256]
 
 CKPT is archived afresh (archive.sh, --model-config) into a private model store and served with the
 repository's config.properties (only ports and model store changed) by a private TorchServe on 127.0.0.1
-(benchmarks/tsserver.py); every request stays on loopback and every run is bounded in time.
+(serving/torchserve.py); every request stays on loopback and every run is bounded in time.
   hostile   each bad request of hostile_cases(), sent concurrently with good ones: its 4xx and message, the worker
             still the same process, the good ones answered, registration by URL refused, and a random
             marker sent as request text absent from every TorchServe log
@@ -38,7 +38,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
-from benchmarks.tsserver import TorchServe, TorchServeError, archive
+from serving.torchserve import TorchServe, TorchServeError, archive
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,7 @@ Environment variables (the host comes from locust's --host and must be loopback)
   TS_KEY_FILE   TorchServe's key_file.json; its "inference" key is sent as
                 `Authorization: Bearer KEY`; empty: send no Authorization   (default: key_file.json)
   TS_DATA       labelled data file (text and label tab-separated, either column order), read with
-                train.data.read_examples; its texts are the requests         (default: data/snips/test.txt)
+                textclf.data.read_examples; its texts are the requests         (default: data/snips/test.txt)
   TS_LABELS     the model's label set: a labels.json file (for instance the checkpoint's) or a
                 comma-separated list. Default: the labels of TS_DATA plus those of the train split
                 next to it, if there is one (a model knows the labels it was trained on).
@@ -31,7 +31,7 @@ import gevent
 from locust import FastHttpUser, constant, events, task
 from locust.stats import CSV_STATS_INTERVAL_SEC
 
-from train.data import find_split, read_examples
+from textclf.data import find_split, read_examples
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -117,8 +117,8 @@ def _check_and_load(environment, **_):
     if not is_loopback(environment.host):
         raise SettingsError(f"--host {environment.host!r} refused: only http://127.0.0.0/8, localhost or [::1]")
     SETTINGS.update(load_settings())
-    # gevent's loop caches the time; the imports above block it for seconds (train.data pulls in torch
-    # through textclf), and a stale clock makes locust's --run-time timer fire that much early.
+    # gevent's loop caches the time; reading the settings can block it for a while, and a stale clock makes
+    # locust's --run-time timer fire that much early.
     gevent.get_hub().loop.update_now()
 
 

@@ -1,11 +1,12 @@
-"""train.data: reading labelled TSV files in either column order, and the errors that name file:line."""
+"""textclf.data and train.data: reading labelled TSV files in either column order, and the errors that name file:line."""
 from pathlib import Path
 
 import pytest
 
 from conftest import ROOT, toy_lines, write_toy_dataset
 from textclf.errors import DataError
-from train.data import load_dataset, read_examples
+from textclf.data import read_examples
+from train.data import load_dataset
 
 TEXT_LABEL = "play some jazz\tmusic\nwill it rain today\tweather\nput on my rock playlist\tmusic\n"
 LABEL_TEXT = "music\tplay some jazz\nweather\twill it rain today\nmusic\tput on my rock playlist\n"

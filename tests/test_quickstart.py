@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from benchmarks.tsserver import server_env
+from serving.torchserve import server_env
 from conftest import ROOT
 from tsutil import torchserve
 

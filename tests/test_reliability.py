@@ -20,7 +20,7 @@ import pytest
 
 from benchmarks import reliability
 from benchmarks.reliability_report import plots, write_report
-from benchmarks.tsserver import TorchServe, archive
+from serving.torchserve import TorchServe, archive
 from conftest import ROOT
 
 MODEL = "reltest"

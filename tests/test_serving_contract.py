@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 import pytest
 import requests
 
-from benchmarks.tsserver import read_properties
+from serving.torchserve import read_properties
 from conftest import ROOT
 from textclf.predict import Predictor
 from tsutil import HTTP_TIMEOUT, torchserve

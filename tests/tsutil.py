@@ -2,7 +2,7 @@
 served with the repository's config.properties (token auth on, URLs refused) on free 127.0.0.1 ports,
 PYTHONPATH unset (the .mar must carry its own code), a private TMPDIR/TEMP (pid file, worker sockets) and
 a private working folder (key_file.json, logs/), and always stopped: `torchserve --stop`, then its
-process group. The starting and stopping is benchmarks/tsserver.py's, shared with the benchmarks.
+process group. The starting and stopping is serving/torchserve.py's, shared with the benchmarks.
 
     with torchserve(base, {"name": checkpoint, ...}, model_config_yaml) as server:
         server.predict(data=b"play jazz", model="name")
@@ -16,8 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from benchmarks.tsserver import alive, archive, launch, server_env, stop_torchserve
-from benchmarks.tsserver import write_config as _write_config
+from serving.torchserve import alive, archive, launch, log_tail, server_env, stop_torchserve
+from serving.torchserve import write_config as _write_config
 
 START_TIMEOUT = 120     # seconds until the first prediction of every model must answer
 HTTP_TIMEOUT = 30
@@ -30,15 +30,6 @@ def write_config(path, model_store):
     assert settings.get("disable_token_authorization") == "false", "the shipped config must keep token auth on"
     assert settings.get("enable_model_api") == "false"
     return settings
-
-
-def log_tail(folder, lines=40):
-    out = []
-    for name in ("ts_log.log", "model_log.log"):
-        path = folder / "logs" / name
-        if path.is_file():
-            out.append(f"--- {name}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:]))
-    return "\n".join(out)
 
 
 class Server:

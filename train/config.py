@@ -2,7 +2,7 @@
 import argparse
 import dataclasses
 
-from .data import COLUMNS
+from textclf.data import COLUMNS
 
 
 def _field(default, help, **kw):

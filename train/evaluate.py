@@ -12,7 +12,7 @@ import torch
 from textclf.errors import CheckpointError, DataError
 from textclf.predict import Predictor
 
-from .data import COLUMNS, find_split, read_examples
+from textclf.data import COLUMNS, find_split, read_examples
 from .metrics import scores
 
 log = logging.getLogger("train.evaluate")

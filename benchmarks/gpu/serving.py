@@ -1,4 +1,4 @@
-"""python -m benchmarks.gpu.serving MAR (from the repository root): the repository's TorchServe setup (benchmarks/tsserver.py,
+"""python -m benchmarks.gpu.serving MAR (from the repository root): the repository's TorchServe setup (serving/torchserve.py,
 config.properties, a .mar made by archive.sh) with GPU workers (number_of_gpu=1), then the same with CPU
 workers (number_of_gpu=0) on the same machine: one answer, two bad inputs, which device each worker loaded
 on, and 12 s of load from 127.0.0.1 at 1, 8, 32 and 64 users. Writes $OUT/serving-gpu.json."""
@@ -10,7 +10,7 @@ import threading
 import time
 from pathlib import Path
 
-from benchmarks.tsserver import TorchServe
+from serving.torchserve import TorchServe
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -1,4 +1,4 @@
-"""A private TorchServe for benchmarks and tests: archived with ./archive.sh, served with the repository's
+"""A private TorchServe for tests and benchmarks: archived with ./archive.sh, served with the repository's
 config.properties on free 127.0.0.1 ports, its own temp folder and working folder, PYTHONPATH unset,
 and always stopped (torchserve --stop, then its process group).
 
@@ -268,15 +268,19 @@ class TorchServe:
         return self.cwd / "logs"
 
     def log_tail(self, lines=40):
-        out = []
-        for name in ("ts_log.log", "model_log.log"):
-            path = self.log_dir / name
-            if path.is_file():
-                out.append(f"--- {name}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:]))
-        launcher = self.work / "launcher.log"
-        if launcher.is_file():
-            out.append("--- launcher.log\n" + launcher.read_text(errors="replace")[-2000:])
-        return "\n".join(out)
+        return log_tail(self.cwd, lines, self.work / "launcher.log")
+
+
+def log_tail(cwd, lines=40, launcher_log=None):
+    """The last lines of TorchServe's logs in cwd/logs (and of the launcher's output), for error messages."""
+    out = []
+    for name in ("ts_log.log", "model_log.log"):
+        path = Path(cwd) / "logs" / name
+        if path.is_file():
+            out.append(f"--- {name}\n" + "\n".join(path.read_text(errors="replace").splitlines()[-lines:]))
+    if launcher_log is not None and Path(launcher_log).is_file():
+        out.append("--- launcher.log\n" + Path(launcher_log).read_text(errors="replace")[-2000:])
+    return "\n".join(out)
 
 
 def _tool(name):
