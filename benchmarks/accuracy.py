@@ -6,23 +6,17 @@ then evaluates checkpoint-best on the test split with python -m train.evaluate o
 """
 import argparse
 import json
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from benchmarks.common import machine_line
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results"
 RUNS = ROOT / "runs"
 EXPERIMENTS = ROOT / "benchmarks" / "experiments.json"
-
-
-def machine():
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    import os
-    return f"{os.cpu_count()} cores, {cpu}"
 
 
 def stopped_run_summary(run_dir):
@@ -109,7 +103,10 @@ def describe(exp, experiments):
             "encoder": flag("--encoder", "cls"), "variant": variant, "flags": " ".join(exp.get("export", flags))}
 
 
-def write_tables(results, experiments=()):
+def write_tables(results, experiments=(), machine=None):
+    """results/accuracy.json and accuracy.md (+ the plot). machine: the header's machine, as stored in
+    accuracy.json (so a table rewritten elsewhere still names where its numbers were measured)."""
+    machine = machine or machine_line()
     RESULTS.mkdir(exist_ok=True)
     known = {e["name"]: e for e in experiments}
     order = [e["name"] for e in experiments]
@@ -123,8 +120,8 @@ def write_tables(results, experiments=()):
             base = next((b for b in results if b["name"] == exp.get("base")), None)
             if base is not None and "--int8" in exp.get("export", ()):   # int8: within 0.5 points of its float model
                 r["target"] = round(base["test_accuracy"] - 0.005, 4)
-    (RESULTS / "accuracy.json").write_text(json.dumps({"machine": machine(), "results": results}, indent=2) + "\n")
-    lines = [f"Machine: {machine()}, CPU only. Command: `python -m benchmarks.accuracy` "
+    (RESULTS / "accuracy.json").write_text(json.dumps({"machine": machine, "results": results}, indent=2) + "\n")
+    lines = [f"Machine: {machine}, CPU only. Command: `python -m benchmarks.accuracy` "
              "(definitions and hyperparameters: benchmarks/experiments.json; every run: runs/<experiment>/).", "",
              "Test accuracy on each dataset's test split, of checkpoint-best (chosen on valid). Target: this "
              "project's goal; reference: the published number it is compared with. ms/ex: CPU, batch 1, median; "
@@ -213,9 +210,10 @@ def main(argv=None):
             print(e["name"])
         return 0
     store = RESULTS / "accuracy.json"
-    results = json.loads(store.read_text())["results"] if store.is_file() else []
+    stored = json.loads(store.read_text()) if store.is_file() else {}
+    results, machine = stored.get("results", []), stored.get("machine")
     if args.table:
-        write_tables(results, experiments)
+        write_tables(results, experiments, machine)
         return 0
     for exp in experiments:
         if args.only and exp["name"] not in args.only:
@@ -227,9 +225,9 @@ def main(argv=None):
         if store.is_file():   # read again: another run may have recorded its result meanwhile
             results = json.loads(store.read_text())["results"]
         results = [r for r in results if r["name"] != exp["name"]] + [result]
-        write_tables(results, experiments)
+        write_tables(results, experiments, machine)
         print(f"= {exp['name']}: test accuracy {result['test_accuracy']:.4f}", flush=True)
-    write_tables(results, experiments)
+    write_tables(results, experiments, machine)
     return 0
 
 

@@ -13,7 +13,6 @@ Writes OUT/result.json and OUT/batch_vs_single.png, and prints a last line
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -26,7 +25,7 @@ import numpy as np
 import requests
 from tqdm import tqdm
 
-from benchmarks.serving_report import git_commit, machine, versions
+from benchmarks.common import git_commit, machine, versions
 from serving.torchserve import ROOT, TorchServe, archive
 from textclf.data import read_examples
 
@@ -43,17 +42,6 @@ def parse_args(argv=None):
     p.add_argument("--model-config", type=Path, default=ROOT / "handlers" / "model-config.yaml")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "batch-requests")
     return p.parse_args(argv)
-
-
-def lscpu_flags():
-    """The CPU features that decide these numbers (vector width, int8 dot products, AMX)."""
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout
-    except OSError:
-        return []
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("Flags")), [])
-    return sorted(f for f in flags if f in {"avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16",
-                                           "avx512_bf16", "fma"})
 
 
 def singles(ts, model, texts, clients):
@@ -194,7 +182,7 @@ def main(argv=None):
     result = {
         "command": "python -m benchmarks.batch_requests " + " ".join(sys.argv[1:] if argv is None else argv),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "commit": git_commit(),
-        "machine": machine() | {"flags": lscpu_flags()}, "versions": versions(),
+        "machine": machine(), "versions": versions(),
         "model": str(args.checkpoint), "model_config": str(args.model_config), "data": str(args.data),
         "texts": args.texts, "clients": args.clients, "rounds": args.rounds,
         "background_clients": args.background_clients,

@@ -18,6 +18,10 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
+from benchmarks.common import read_model_config
+
 ROOT = Path(__file__).resolve().parents[1]
 
 log = logging.getLogger(__name__)
@@ -39,14 +43,8 @@ def parse_args(argv=None):
 
 def serving_settings(path):
     """(batchSize, top_k) from a TorchServe model-config.yaml."""
-    import yaml
-    config = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    return int(config.get("batchSize", 1)), int((config.get("handler") or {}).get("top_k", 3))
-
-
-def percentile(values, q):
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q / 100 * (len(ordered) - 1))))]
+    config = read_model_config(path)
+    return int(config.get("batchSize", 1)), int(config["handler"].get("top_k", 3))
 
 
 def batches(texts, batch_size, rng):
@@ -75,7 +73,7 @@ def measure(predictor, texts, batch_size, seconds, top_k, rng):
     result = {"batch_size": batch_size, "batches": len(times), "examples": len(times) * batch_size,
               "seconds": round(elapsed, 3), "examples_per_s": round(len(times) * batch_size / elapsed, 2)}
     for q in (50, 95, 99):
-        result[f"p{q}_ms_per_batch"] = round(1000 * percentile(times, q), 2)
+        result[f"p{q}_ms_per_batch"] = round(1000 * float(np.percentile(times, q)), 2)
     return result
 
 

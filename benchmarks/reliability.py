@@ -38,6 +38,9 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
 from pathlib import Path
 
+import numpy as np
+
+from benchmarks.common import git_commit, machine, read_model_config, versions
 from serving.torchserve import TorchServe, TorchServeError, archive
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -225,21 +228,18 @@ class Records:
 
 
 def _pct(values, q):
-    if not values:
-        return None
-    return round(values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))], 1)
+    return round(float(np.percentile(values, q)), 1) if len(values) else None
 
 
 # ---- serving settings
 def serving_settings(model_config, ts):
-    import yaml
-    mc = yaml.safe_load(Path(model_config).read_text(encoding="utf-8")) or {}
+    mc = read_model_config(model_config)
     cfg = ts.config
     timeout = mc.get("responseTimeout", cfg.get("default_response_timeout", 120))
     return {"job_queue_size": int(cfg.get("job_queue_size", 100)), "response_timeout_s": int(timeout),
             "batch_size": int(mc.get("batchSize", 1)), "max_batch_delay_ms": int(mc.get("maxBatchDelay", 100)),
             "workers": int(mc.get("minWorkers", 1)), "max_request_size": int(cfg.get("max_request_size", 6553500)),
-            "max_chars": int((mc.get("handler") or {}).get("max_chars", 20000))}
+            "max_chars": int(mc["handler"].get("max_chars", 20000))}
 
 
 # ---- phase: overload
@@ -590,7 +590,6 @@ def main(argv=None):
     # SIGTERM unwinds like Ctrl-C, through the finally blocks that stop locust and TorchServe.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     from benchmarks.reliability_report import plots, write_report
-    from benchmarks.serving_report import git_commit, machine, versions
 
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     out = (args.out or ROOT / "results" / f"reliability-{stamp}").resolve()

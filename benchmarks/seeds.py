@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from . import accuracy
-from .accuracy import machine
+from .common import machine_line
 
 
 def store_path():
@@ -119,7 +119,7 @@ def main(argv=None):
         if len(args.seeds) != 1:
             raise SystemExit("--record takes exactly one --seeds value")
         row = record(store, args.name, args.seeds[0], args.device, json.loads(Path(args.record).read_text()),
-                     args.machine or machine())
+                     args.machine or machine_line())
         print(f"= {args.name} seed {row['seed']} ({args.device}): test {row['test_accuracy']:.4f}")
         write_table(store, experiments)
         return 0
@@ -133,7 +133,7 @@ def main(argv=None):
         print("+", " ".join(cmd), flush=True)
         subprocess.run(cmd, cwd=accuracy.ROOT, check=True)
         store = load_store()   # read again: another run may have recorded meanwhile
-        row = record(store, args.name, seed, args.device, json.loads((out / "summary.json").read_text()), machine())
+        row = record(store, args.name, seed, args.device, json.loads((out / "summary.json").read_text()), machine_line())
         write_table(store, experiments)
         print(f"= {args.name} seed {seed} ({args.device}): test {row['test_accuracy']:.4f}", flush=True)
     return 0

@@ -7,13 +7,11 @@ the highest level when 32 was not run) over the best in-process batched examples
 """
 import argparse
 import json
-import os
-import platform
-import subprocess
 import sys
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
+
+from benchmarks.common import git_commit, machine, read_model_config, versions
 
 ROOT = Path(__file__).resolve().parents[1]
 RATIO_USERS = 32
@@ -35,45 +33,9 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def machine():
-    cpu = "unknown"
-    with open("/proc/cpuinfo", encoding="utf-8") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    with open("/proc/meminfo", encoding="utf-8") as f:
-        kib = next(int(line.split()[1]) for line in f if line.startswith("MemTotal:"))
-    return {"nproc": len(os.sched_getaffinity(0)), "cpu": cpu, "ram_gib": round(kib / 2**20, 1),
-            "os": platform.platform(), "python": platform.python_version()}
-
-
-def versions():
-    found = {}
-    for name in ("torch", "transformers", "torchserve", "torch-model-archiver", "locust"):
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = None
-    return found
-
-
-def git_commit():
-    try:
-        head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, check=True).stdout.strip()
-        return head + (" + uncommitted changes" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
 def serving_config(path):
-    import yaml
-    config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    return {k: config.get(k) for k in ("minWorkers", "maxWorkers", "batchSize", "maxBatchDelay")} | {
-        "handler": config.get("handler") or {}}
+    config = read_model_config(path)
+    return {k: config.get(k) for k in ("minWorkers", "maxWorkers", "batchSize", "maxBatchDelay", "handler")}
 
 
 def level_row(out, users):

@@ -29,18 +29,20 @@ def _param_groups(model, weight_decay):
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def _schedule(optimizer, cfg, steps_per_epoch):
+def schedule(optimizer, cfg, steps_per_epoch):
+    """The learning-rate schedule, from torch's schedulers: a linear warmup over warmup_ratio of the steps (the
+    rate times 1/warmup, 2/warmup, ... 1), then either a linear decay to 0 at the last step, or, with
+    lr_decay_rate, the rate times lr_decay_rate ** epoch (epochs counted from the first step)."""
+    from torch.optim.lr_scheduler import ChainedScheduler, LinearLR, MultiStepLR, SequentialLR
     total = steps_per_epoch * cfg.epochs
     warmup = int(total * cfg.warmup_ratio)
-
-    def factor(step):
-        if step < warmup:
-            return (step + 1) / warmup
-        if cfg.lr_decay_rate:
-            return cfg.lr_decay_rate ** (step // steps_per_epoch)
-        return max(0.0, (total - step) / max(1, total - warmup))
-
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+    ramp = LinearLR(optimizer, 1 / warmup, 1.0, total_iters=max(1, warmup - 1)) if warmup else None
+    if cfg.lr_decay_rate:
+        decay = MultiStepLR(optimizer, milestones=list(range(steps_per_epoch, total, steps_per_epoch)),
+                            gamma=cfg.lr_decay_rate)
+        return ChainedScheduler([ramp, decay]) if ramp else decay
+    decay = LinearLR(optimizer, 1.0, 0.0, total_iters=max(1, total - warmup))
+    return SequentialLR(optimizer, [ramp, decay], milestones=[warmup]) if ramp else decay
 
 
 def batch_order(examples, batch_size, rng, length_buckets=0):
@@ -91,7 +93,7 @@ def fit(model, tokenizer, labels, dataset, cfg, device, start_epoch=0):
     train = dataset.train
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
-    scheduler = _schedule(optimizer, cfg, steps_per_epoch)
+    scheduler = schedule(optimizer, cfg, steps_per_epoch)
     predictor = Predictor(model, tokenizer, labels, model.config.max_length, device)
     orders = epoch_orders(train, cfg.batch_size, cfg.seed, cfg.length_buckets, start_epoch)
     best, since_best, history = -1.0, 0, []

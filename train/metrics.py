@@ -1,29 +1,23 @@
-"""Classification scores from gold and predicted label ids (numpy only)."""
+"""Classification scores from gold and predicted label ids, computed by scikit-learn."""
 import numpy as np
-
-
-def confusion(gold, pred, n):
-    m = np.zeros((n, n), dtype=np.int64)
-    np.add.at(m, (np.asarray(gold), np.asarray(pred)), 1)
-    return m  # rows: gold, columns: predicted
+from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
 
 
 def scores(gold, pred, labels):
-    m = confusion(gold, pred, len(labels))
-    tp = np.diag(m).astype(float)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        precision = np.nan_to_num(tp / m.sum(axis=0))
-        recall = np.nan_to_num(tp / m.sum(axis=1))
-        f1 = np.nan_to_num(2 * precision * recall / (precision + recall))
-    correct, total = int(tp.sum()), int(m.sum())
-    per_class = {lab: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
-                       "support": int(m[i].sum())} for i, lab in enumerate(labels)}
-    present = m.sum(axis=1) > 0
+    """accuracy, correct/total, macro-F1 over the labels that occur in gold, per-class precision/recall/F1/support
+    and the confusion matrix (rows: gold, columns: predicted) for label ids 0..len(labels)-1."""
+    ids = list(range(len(labels)))
+    gold, pred = np.asarray(gold, dtype=np.int64), np.asarray(pred, dtype=np.int64)
+    m = confusion_matrix(gold, pred, labels=ids)
+    precision, recall, f1, support = precision_recall_fscore_support(gold, pred, labels=ids, zero_division=0)
+    present = sorted(set(gold.tolist()))
+    correct, total = int(np.trace(m)), int(m.sum())
     return {
         "accuracy": correct / total if total else 0.0,
         "correct": correct,
         "total": total,
-        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
-        "per_class": per_class,
+        "macro_f1": float(f1_score(gold, pred, labels=present, average="macro", zero_division=0)) if present else 0.0,
+        "per_class": {lab: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                            "support": int(support[i])} for i, lab in enumerate(labels)},
         "confusion": m.tolist(),
     }
