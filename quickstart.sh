@@ -21,9 +21,10 @@ echo "== packaging"
 
 echo "== starting TorchServe (inference on 127.0.0.1:8080)"
 # TorchServe keeps its pid file (and the worker sockets) in $TMPDIR: with a folder of our own, `--stop`
-# stops the server started here and never a TorchServe the user runs elsewhere.
-TS_TMP="$ROOT/.torchserve"
-mkdir -p "$TS_TMP"
+# stops the server started here and never a TorchServe the user runs elsewhere. A short path under /tmp
+# named after this checkout (a socket path may hold at most 107 bytes).
+TS_TMP="/tmp/textclf-ts-$(id -u)-$(printf '%s' "$ROOT" | sha256sum | cut -c1-10)"
+mkdir -p -m 700 "$TS_TMP"
 ts() { TMPDIR="$TS_TMP" TEMP="$TS_TMP" TMP="$TS_TMP" torchserve "$@"; }
 port_taken() { (exec 3<>/dev/tcp/127.0.0.1/8080) 2>/dev/null; }
 if [ -s "$TS_TMP/.model_server.pid" ]; then
@@ -57,4 +58,4 @@ curl -s -H "Authorization: Bearer $KEY" -H 'Content-Type: text/plain' --data 'pl
 echo
 EXPIRES="$(python -c 'import json; print(json.load(open("key_file.json"))["inference"]["expiration time"][:16])')"
 echo "== TorchServe keeps running; its keys are in key_file.json (the inference key expires $EXPIRES UTC; README \"Keys\")."
-echo "   Stop it with: TMPDIR=.torchserve .venv/bin/torchserve --stop"
+echo "   Stop it with: TMPDIR=$TS_TMP .venv/bin/torchserve --stop"

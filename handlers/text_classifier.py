@@ -7,15 +7,18 @@ still fails gets a 500. Requests, forms and errors: README "Request and response
 
 TorchServe takes the one class this module defines as the handler: helpers live in textclf/.
 """
+import json
 import logging
+import math
 import os
 import time
+from http import HTTPStatus
 
 import torch
 from ts.metrics.dimension import Dimension
 from ts.torch_handler.base_handler import BaseHandler
 
-from textclf.explain import explain
+from textclf.explain import explain, words
 from textclf.inputs import Failure, Limits, Request, RequestError, parse_request
 from textclf.predict import Predictor
 
@@ -32,8 +35,10 @@ class TextClassifierHandler(BaseHandler):
         settings = yaml_config.get("handler") or {}
         self.limits = Limits.from_settings(settings)
         self.batch_texts = int(settings.get("max_batch_texts", 64))      # texts per forward pass
+        self.max_batch_tokens = int(settings.get("max_batch_tokens", 40000))
+        self.max_answer_bytes = int(settings.get("max_answer_bytes", 1000000))
         workers = int(yaml_config.get("minWorkers", 1) or 1)
-        cores = len(os.sched_getaffinity(0))
+        cores = self._usable_cores()
         threads = int(settings.get("torch_threads", 0)) or max(1, cores // workers)
         torch.set_num_threads(threads)
         # A TorchServe batch of this many texts or more (a request of many texts) may use the cores that
@@ -54,6 +59,18 @@ class TextClassifierHandler(BaseHandler):
         log.info("loaded %s on %s with %d torch threads, %d labels, in %.1fs", props["model_dir"], device,
                  threads, len(self.predictor.labels), time.time() - started)
 
+    @staticmethod
+    def _usable_cores():
+        """The cores this worker may run on: its CPU affinity, bounded by a cgroup v2 CPU quota (containers)."""
+        cores = len(os.sched_getaffinity(0))
+        try:
+            quota, period = open("/sys/fs/cgroup/cpu.max", encoding="ascii").read().split()[:2]
+            if quota != "max":
+                cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+        except (OSError, ValueError):
+            pass
+        return cores
+
     def _is_explain(self):
         # BaseHandler reads request 0's "explain" header for the whole batch, but TorchServe batches
         # /explanations with /predictions: each request is routed on its own header in preprocess().
@@ -73,13 +90,33 @@ class TextClassifierHandler(BaseHandler):
                     return header.get("content-type") or ""
         return ""
 
+    def _work(self, request):
+        """An upper bound of the tokens the model runs for a request: a text is truncated to max_length tokens
+        and a token covers at least one character (plus [CLS] and [SEP]); an explanation runs its text once
+        whole and once without each word."""
+        tokens = [min(self.predictor.max_length, len(t) + 2) for t in request.texts]
+        if request.explain:
+            return sum((len(words(t)) + 1) * n for t, n in zip(request.texts, tokens))
+        return sum(tokens)
+
     def preprocess(self, data):
-        """-> one Request, RequestError or Failure per request."""
-        parsed = []
+        """-> one Request, RequestError or Failure per request. The model work of one TorchServe batch is
+        bounded by max_batch_tokens, so that a batch stays well inside responseTimeout (past which TorchServe
+        fails every request of the batch): a request over it alone gets 413; one that would take the batch
+        over it, 503 to retry (the first request of a batch always runs)."""
+        parsed, budget = [], self.max_batch_tokens
         for idx, row in enumerate(data):
             try:
-                parsed.append(parse_request(row, self._content_type(idx, row), self.predictor.labels, self.top_k,
-                                            self.limits, self.context.get_request_header(idx, "explain") == "True"))
+                request = parse_request(row, self._content_type(idx, row), self.predictor.labels, self.top_k,
+                                        self.limits, self.context.get_request_header(idx, "explain") == "True")
+                work = self._work(request)
+                if work > self.max_batch_tokens:
+                    raise RequestError(f"the request holds up to {work} tokens of model work; the limit is "
+                                       f"{self.max_batch_tokens} per request: send fewer or shorter texts", 413)
+                if work > budget and budget < self.max_batch_tokens:
+                    raise RequestError("the server is busy with other large requests: retry", 503)
+                budget -= work
+                parsed.append(request)
             except RequestError as e:
                 parsed.append(e)
             except Exception as e:   # a bug of ours must not fail the other requests of the batch
@@ -93,11 +130,8 @@ class TextClassifierHandler(BaseHandler):
         if not requests:
             return {}
         texts = [t for _, r in requests for t in r.texts]
-        threads = self._threads_for(len(texts))
         try:
-            if threads != self.threads:
-                torch.set_num_threads(threads)
-            probs = self.predictor.predict_proba(texts, self.batch_texts, stats)
+            probs = self._predict(texts, stats)
         except Exception as e:
             if len(requests) == 1:
                 log.error("request %d: the forward pass raised %s", requests[0][0], type(e).__name__)
@@ -105,14 +139,21 @@ class TextClassifierHandler(BaseHandler):
             log.error("a forward pass over %d requests raised %s; running each alone", len(requests),
                       type(e).__name__)
             return {k: v for item in requests for k, v in self._classify([item], stats).items()}
-        finally:
-            if threads != self.threads:
-                torch.set_num_threads(self.threads)
         out, row = {}, 0
         for position, request in requests:
             out[position] = probs[row: row + len(request.texts)]
             row += len(request.texts)
         return out
+
+    def _predict(self, texts, stats):
+        threads = self._threads_for(len(texts))
+        if threads == self.threads:
+            return self.predictor.predict_proba(texts, self.batch_texts, stats)
+        torch.set_num_threads(threads)
+        try:
+            return self.predictor.predict_proba(texts, self.batch_texts, stats)
+        finally:
+            torch.set_num_threads(self.threads)
 
     def _threads_for(self, texts):
         """Torch threads for a forward run over `texts` texts: the configured ones, or for a large run as many
@@ -134,7 +175,7 @@ class TextClassifierHandler(BaseHandler):
 
     def _explain(self, position, request, stats):
         try:
-            return [explain(self.predictor, text, request.label, self.batch_texts) for text in request.texts]
+            return [explain(self.predictor, text, request.label, self.batch_texts, stats) for text in request.texts]
         except Exception as e:
             log.error("request %d: the explanation raised %s", position, type(e).__name__)
             return Failure(f"the model failed to explain this request ({type(e).__name__})")
@@ -173,19 +214,26 @@ class TextClassifierHandler(BaseHandler):
         return answer
 
     def postprocess(self, output):
+        """-> one compact JSON string per request (TorchServe passes strings through; a dict it would indent,
+        and the answers of a batch travel to the frontend in one message of at most max_response_size)."""
         parsed, results, stats = output
         answers, statuses = [], []
         for idx, item in enumerate(parsed):
             self.context.set_response_content_type(idx, "application/json")
             result = results.get(idx)
-            if isinstance(item, Request) and not isinstance(result, Failure):
-                answers.append(self._answer(item, result))
-                statuses.append(200)
-                continue
             error = result if isinstance(item, Request) else item
-            kind = "internal" if isinstance(error, Failure) else "validation"
-            self.context.set_response_status(error.status, str(error), idx)
-            answers.append({"error": str(error), "error_type": kind, "status": error.status})
+            if isinstance(item, Request) and not isinstance(result, Failure):
+                answer = json.dumps(self._answer(item, result), ensure_ascii=False, separators=(",", ":"))
+                if len(answer.encode("utf-8")) <= self.max_answer_bytes:
+                    answers.append(answer)
+                    statuses.append(200)
+                    continue
+                error = RequestError(f"the answer would take {len(answer.encode('utf-8'))} bytes; the limit is "
+                                     f"{self.max_answer_bytes}: ask for a smaller top_k or fewer texts", 413)
+            kind = {500: "internal", 503: "overload"}.get(error.status, "validation")
+            self.context.set_response_status(error.status, HTTPStatus(error.status).phrase, idx)
+            answers.append(json.dumps({"error": str(error), "error_type": kind, "status": error.status},
+                                      ensure_ascii=False, separators=(",", ":")))
             statuses.append(error.status)
             if kind == "validation":
                 log.info("request %d refused (%d): %s", idx, error.status, error)

@@ -2,6 +2,7 @@
 every request in a batch is answered on its own; bad ones get their 4xx, good ones the Predictor's answer."""
 import importlib.util
 import json
+from http import HTTPStatus
 
 import pytest
 import yaml
@@ -90,7 +91,8 @@ def handle(handler, context, requests):
     context.new_batch([h for _, h in requests])
     answers = handler.handle([row for row, _ in requests], context)
     assert len(answers) == len(requests)
-    json.dumps(answers)
+    assert all(isinstance(a, str) for a in answers)   # compact JSON, passed through by TorchServe as it is
+    answers = [json.loads(a) for a in answers]
     assert context.metrics.times[-1][0] == "HandlerTime"
     return answers
 
@@ -149,7 +151,7 @@ def test_mixed_batch_answers_each_request(served, predictor):
             status, words = expected
             assert answer["error_type"] == "validation" and answer["status"] == status, (idx, answer)
             assert words in answer["error"], (idx, answer)
-            assert context.statuses[idx] == (status, answer["error"]), idx
+            assert context.statuses[idx] == (status, HTTPStatus(status).phrase), idx
 
 
 def test_good_answers_match_the_predictor_for_a_whole_batch(served, predictor):
@@ -267,7 +269,7 @@ def test_a_forward_pass_that_raises_fails_only_its_own_request(tiny_ckpt, predic
     assert_same_answer(answers[2], predictor.predict(["bake bread"], top_k=3)[0])
     assert answers[1] == {"error": "the model failed on this request (RuntimeError)", "error_type": "internal",
                           "status": 500}
-    assert context.statuses == {1: (500, answers[1]["error"]), 3: (400, "'text' is empty")}
+    assert context.statuses == {1: (500, "Internal Server Error"), 3: (400, "Bad Request")}
     assert "boom" not in caplog.text and "RuntimeError" in caplog.text   # logged without the text
     counters = context.metrics.counters
     assert counters[("textclf_requests_total", (("outcome", "answered"), ("status", "200")))] == 2
@@ -303,3 +305,41 @@ def test_explanation_of_a_named_label_and_v1(served, predictor):
     assert answers[0]["score"] == pytest.approx(predictor.predict_proba(["rain and snow"])[0][1], abs=1e-5)
     assert [len(e["words"]) for e in answers[1]["explanations"]] == [1, 2]
     assert answers[2]["status"] == 400 and "'label' must be one of" in answers[2]["error"]
+
+
+def test_model_work_per_request_and_per_batch_is_bounded(tiny_ckpt, predictor):
+    # tiny model: max_length 32, so a 40-character text counts as 32 tokens of work
+    handler, context = start(tiny_ckpt, max_batch_tokens=105)
+    text = "rain and snow and wind all over the town"
+    answers = handle(handler, context, [
+        ({"body": {"texts": [text] * 4}}, {"body": JSON}),            # 128 tokens alone: over the limit
+        ({"body": {"texts": [text] * 3}}, {"body": JSON}),            # 96: runs
+        ({"body": text.encode()}, {"body": PLAIN}),                   # 32 more would pass 105: retry later
+        ({"body": b"rain"}, {"body": PLAIN}),                         # 4 + 2 tokens: fits
+    ])
+    assert answers[0]["status"] == 413 and "up to 128 tokens of model work; the limit is 105" in answers[0]["error"]
+    assert [p["label"] for p in answers[1]["predictions"]] == [predictor.predict([text])[0]["label"]] * 3
+    assert answers[2] == {"error": "the server is busy with other large requests: retry", "error_type": "overload",
+                          "status": 503}
+    assert_same_answer(answers[3], predictor.predict(["rain"], top_k=3)[0])
+    assert context.statuses == {0: (413, "Request Entity Too Large"), 2: (503, "Service Unavailable")}
+
+
+def test_an_explanation_counts_one_pass_per_word(tiny_ckpt):
+    handler, context = start(tiny_ckpt, max_batch_tokens=50)
+    [answer] = handle(handler, context, [({"body": b"play some jazz now"}, {"body": PLAIN, "explain": "True"})])
+    assert answer["status"] == 413 and "up to 100 tokens" in answer["error"]   # (4 words + 1) x 20
+
+
+def test_an_answer_over_max_answer_bytes_is_413_alone(tiny_ckpt, predictor):
+    handler, context = start(tiny_ckpt, max_answer_bytes=300)
+    answers = handle(handler, context, [({"body": {"texts": ["rain"] * 5, "top_k": 3}}, {"body": JSON}),
+                                        ({"body": b"rain"}, {"body": PLAIN})])
+    assert answers[0]["status"] == 413 and "the limit is 300: ask for a smaller top_k" in answers[0]["error"]
+    assert_same_answer(answers[1], predictor.predict(["rain"], top_k=3)[0])
+
+
+def test_explanations_are_counted_in_the_metrics(tiny_ckpt):
+    handler, context = start(tiny_ckpt)
+    handle(handler, context, [({"body": b"play some jazz"}, {"body": PLAIN, "explain": "True"})])
+    assert context.metrics.counters[("textclf_texts_total", ())] == 4   # the text, then without each word

@@ -225,7 +225,8 @@ def test_charset_applies_to_a_body_the_worker_already_read_as_utf8():
     assert parse({"body": "café"}, "text/plain; charset=utf-8") == ("café", 1)
 
 
-@pytest.mark.parametrize("charset", ["klingon", "base64", "rot13", "zlib", "unicode-escape", "x" * 80])
+@pytest.mark.parametrize("charset", ["klingon", "base64", "rot13", "zlib", "unicode-escape", "punycode", "idna",
+                                     "x" * 80])
 def test_unknown_or_non_text_charset_is_415(charset):
     message = refused({"body": b"play jazz"}, f"text/plain; charset={charset}", status=415)
     assert "unsupported charset" in message and charset[:30] in message and len(message) < 250
@@ -319,8 +320,10 @@ def test_v2_inputs():
 @pytest.mark.parametrize("body, problem", [
     ({"inputs": []}, "exactly one input"),
     ({"inputs": [v2(["a"])["inputs"][0]] * 2}, "exactly one input"),
-    (v2(["a", "b"], shape=[3]), "shape [3] holds 3 elements, 'inputs'[0].data has 2"),
-    (v2(["a"], shape=[-1]), "non-negative integers"),
+    (v2(["a", "b"], shape=[3]), "'inputs'[0].shape holds 3 elements, 'inputs'[0].data has 2"),
+    (v2(["a"], shape=[-1]), "1 to 8 integers from 0 to 256"),
+    (v2(["a"], shape=[1] * 9), "1 to 8 integers"),
+    (v2(["a"], shape=[10 ** 240, 0]), "1 to 8 integers from 0 to 256"),
     ({"inputs": [{"name": "t", "shape": [1], "datatype": "FP32", "data": [1.0]}]}, 'must be "BYTES"'),
     ({"inputs": [{"name": "t", "shape": [1], "datatype": "BYTES"}]}, "has no 'data' field"),
     (v2(["a", 7]), "'inputs'[0].data[1] must be a string, got number"),
@@ -329,7 +332,7 @@ def test_v2_inputs():
     (v2(["a"], parameters={"top_k": 0}), "'parameters'.top_k must be between 1 and 3"),
     (v2(["a"], outputs=[{"name": "logits"}]), "'outputs' must be an array"),
     (v2(["a"], model_name="x"), "unknown field 'model_name'"),
-    (v2([[[[[[[[[[["a"]]]]]]]]]]], shape=[1] * 11), "nested too deeply"),
+    (v2([[[[[[[[[[["a"]]]]]]]]]]], shape=[1]), "nested too deeply"),
 ])
 def test_bad_v2(body, problem):
     assert problem in refused({"body": body}, JSON)
@@ -350,13 +353,22 @@ def test_explanations_take_a_label_and_one_text_or_v1():
     ({"texts": ["a", "b"]}, 400, "explanations take one text"),
     (v2(["a"]), 400, "explanations take one text"),
     ({"text": "play jazz", "top_k": 2}, 400, "unknown field 'top_k'"),
-    ({"text": " ".join(["word"] * 9)}, 413, "has 9 words; explanations take at most 8"),
+    ({"text": " ".join(["word"] * 9)}, 413, "the request has 9 words to explain; the limit is 8 per request"),
+    ({"instances": ["a b c d", "e f g h", "i"]}, 413, "the request has 9 words to explain; the limit is 8"),
 ])
 def test_bad_explanation_requests(body, status, problem):
     assert problem in refused({"body": body}, JSON, status=status, explain=True, explain_max_words=8)
 
 
-@pytest.mark.parametrize("charset", ["punycode"])
-def test_codecs_that_raise_their_own_errors(charset):
-    # found by tests/test_fuzz.py: these decoders raise UnicodeError, not UnicodeDecodeError
-    assert f"not valid '{charset}'" in refused({"body": b'{"text": "x"}'}, f"application/json; charset={charset}")
+def test_codecs_that_raise_their_own_errors():
+    # found by tests/test_fuzz.py: the CJK decoders raise UnicodeDecodeError, but some codecs raise other errors
+    assert "not valid 'shift_jis'" in refused({"body": b"\x81"}, "text/plain; charset=shift_jis")
+
+
+def test_json_the_worker_read_as_utf8_with_another_charset():
+    # TorchServe drops the charset and parses application/json as UTF-8: ASCII reads the same in any
+    # ASCII-based charset; anything else cannot be told apart and is refused
+    assert parse({"body": {"text": "play jazz"}}, "application/json; charset=iso-8859-1") == ("play jazz", 1)
+    assert parse({"body": {"text": "café"}}, "application/json; charset=utf-8") == ("café", 1)
+    message = refused({"body": {"text": "caf\u00e9"}}, "application/json; charset=iso-8859-1", status=415)
+    assert "send it as UTF-8" in message

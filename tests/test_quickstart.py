@@ -4,11 +4,13 @@ TorchServe the user already runs (another temp folder, other ports) keeps servin
 
 Runs in a copy of the scripts and model code with the tiny fixture model; needs port 8080 free.
 """
+import hashlib
 import os
 import shutil
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -17,7 +19,8 @@ from conftest import ROOT
 from tsutil import torchserve
 
 pytestmark = pytest.mark.serving
-FILES = ["quickstart.sh", "setup.sh", "archive.sh", "requirements.txt", "config.properties", "handlers", "textclf"]
+FILES = ["quickstart.sh", "setup.sh", "archive.sh", "requirements.txt", "pyproject.toml", "config.properties",
+         "handlers", "textclf"]
 MODEL_CONFIG = "minWorkers: 1\nmaxWorkers: 1\nbatchSize: 4\nmaxBatchDelay: 5\nresponseTimeout: 30\n" \
                "handler:\n  torch_threads: 1\n"
 
@@ -37,9 +40,16 @@ def repo_copy(tmp_path, tiny_ckpt):
     shutil.copytree(tiny_ckpt, repo / "runs" / "snips-minilm-cls" / "checkpoint-best")
     (repo / "handlers" / "model-config.yaml").write_text(MODEL_CONFIG)
     yield repo
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"TMPDIR": str(repo / ".torchserve")}
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"TMPDIR": str(private_tmp(repo))}
     subprocess.run([str(ROOT / ".venv" / "bin" / "torchserve"), "--stop"], cwd=repo, env=env, timeout=60,
                    capture_output=True)
+    shutil.rmtree(private_tmp(repo), ignore_errors=True)
+
+
+def private_tmp(repo):
+    """The temp folder quickstart.sh gives its TorchServe (named after the checkout's path)."""
+    digest = hashlib.sha256(str(repo).encode()).hexdigest()[:10]
+    return Path(f"/tmp/textclf-ts-{os.getuid()}-{digest}")
 
 
 def quickstart(repo):
@@ -69,7 +79,8 @@ def test_quickstart_serves_and_stops_only_its_own_torchserve(repo_copy, tiny_ckp
         assert "stopping the TorchServe an earlier ./quickstart.sh started" in out and '"label"' in out
         assert theirs.predict(data=b"rain").status_code == 200
         # the stop command it prints stops it, and only it
-        env = server_env(repo_copy / ".torchserve")
+        assert f"TMPDIR={private_tmp(repo_copy)} .venv/bin/torchserve --stop" in out
+        env = server_env(private_tmp(repo_copy))
         subprocess.run([str(ROOT / ".venv" / "bin" / "torchserve"), "--stop"], cwd=repo_copy, env=env, timeout=60,
                        check=True, capture_output=True)
         deadline = time.monotonic() + 30   # --stop signals the server and returns; it exits soon after

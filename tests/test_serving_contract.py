@@ -140,7 +140,7 @@ def test_v2_top_k_and_one_text(server, predictor):
 @pytest.mark.parametrize("body, words", [
     ({"inputs": [{"name": "x", "shape": [1], "datatype": "FP32", "data": [0.5]}]}, 'datatype must be "BYTES"'),
     (v2(["a", "b"]) | {"inputs": [{"name": "t", "shape": [3], "datatype": "BYTES", "data": ["a", "b"]}]},
-     "shape [3] holds 3 elements"),
+     "'inputs'[0].shape holds 3 elements"),
     ({"inputs": "play jazz"}, "exactly one input"),
     (v2(["ok", 5]), "'inputs'[0].data[1] must be a string, got number"),
 ])
@@ -180,7 +180,7 @@ def test_bad_explanation_requests(server):
     assert_error(post(server, f"/explanations/{MODEL}", {"text": "play jazz", "label": "Dance"}), 400,
                  "'label' must be one of the model's labels")
     assert_error(post(server, f"/explanations/{MODEL}", {"text": " ".join(["jazz"] * 21)}), 413,
-                 "has 21 words; explanations take at most 20")
+                 "the request has 21 words to explain; the limit is 20 per request")
     assert_error(post(server, f"/explanations/{MODEL}", {"texts": ["a", "b"]}), 400, "explanations take one text")
     assert_error(post(server, f"/explanations/{MODEL}", data=b"", content_type="text/plain"), 400, "is empty")
 

@@ -28,13 +28,13 @@ def log_odds(probs, target):
     return np.log(np.maximum(probs[:, target], _TINY)) - np.log(np.maximum(others, _TINY))
 
 
-def explain(predictor, text, label=None, batch_size=64):
+def explain(predictor, text, label=None, batch_size=64, stats=None):
     """-> {"label", "score", "method", "words": [{"word", "start", "end", "importance"}]} for `label` (a name;
     default the predicted label). importance: the label's log-odds with the text minus without the word
-    (positive: the word speaks for the label)."""
+    (positive: the word speaks for the label). stats: as Predictor.predict_proba's."""
     spans = words(text)
     variants = [text] + [text[:start] + " " + text[end:] for _, start, end in spans]
-    probs = predictor.predict_proba(variants, batch_size)          # (1 + W, num_labels)
+    probs = predictor.predict_proba(variants, batch_size, stats)   # (1 + W, num_labels)
     target = predictor.labels.index(label) if label is not None else int(probs[0].argmax())
     odds = log_odds(probs, target)
     return {

@@ -56,7 +56,7 @@ class Limits:
     max_chars: int = 20000          # characters in one text
     max_texts: int = 256            # texts in one request
     max_total_chars: int = 200000   # characters over all texts of one request
-    explain_max_words: int = 64     # words in one text to explain (one forward pass per word)
+    explain_max_words: int = 64     # words to explain in one request, over all its texts (a forward pass each)
 
     @classmethod
     def from_settings(cls, settings):
@@ -207,13 +207,14 @@ def _from_v2(obj, labels, top_k, limits):
         shown = _shown(tensor["datatype"]) if isinstance(tensor["datatype"], str) else _json_type(tensor["datatype"])
         raise RequestError(f"'inputs'[0].datatype must be \"BYTES\" (texts), got {shown}")
     shape = tensor["shape"]
-    if not (isinstance(shape, list) and shape and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
-                                                      for d in shape)):
-        raise RequestError("'inputs'[0].shape must be an array of non-negative integers, e.g. [2] for two texts")
+    if not (isinstance(shape, list) and 0 < len(shape) <= 8
+            and all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d <= limits.max_texts for d in shape)):
+        raise RequestError("'inputs'[0].shape must be an array of 1 to 8 integers from 0 to "
+                           f"{limits.max_texts}, e.g. [2] for two texts")
     strings = _v2_strings(tensor["data"], "'inputs'[0].data")
-    if math.prod(shape) != len(strings):
-        raise RequestError(f"'inputs'[0].shape {shape} holds {math.prod(shape)} elements, "
-                           f"'inputs'[0].data has {len(strings)}")
+    if math.prod(shape) != len(strings):   # at most max_texts ** 8: a number of 20 digits at most
+        raise RequestError(f"'inputs'[0].shape holds {math.prod(shape)} elements, 'inputs'[0].data has "
+                           f"{len(strings)}")
     texts = _check_texts(strings, limits, "'inputs'[0].data")
     k, asked = _v2_top_k(obj.get("parameters"), len(labels), top_k)
     if "parameters" in tensor and not asked:
@@ -263,6 +264,11 @@ def _media(content_type):
     return parts[0].strip().lower(), charset
 
 
+# Python text codecs that are no charset a client would declare: escape decoders, and punycode/idna, which
+# take seconds on a large body (quadratic) before any limit is checked.
+_NOT_CHARSETS = ("unicode-escape", "raw-unicode-escape", "punycode", "idna", "undefined", "utf-7")
+
+
 def _codec(charset):
     """The Python codec name for a declared charset; 415 for one that is unknown or not a text encoding."""
     if charset is None:
@@ -271,8 +277,7 @@ def _codec(charset):
         info = codecs.lookup(charset)
     except (LookupError, ValueError):
         info = None
-    if info is None or not getattr(info, "_is_text_encoding", True) or info.name in ("unicode-escape",
-                                                                                  "raw-unicode-escape"):
+    if info is None or not getattr(info, "_is_text_encoding", True) or info.name in _NOT_CHARSETS:
         raise RequestError(f"unsupported charset {_shown(charset)}: send UTF-8 (or another text encoding "
                            "such as ISO-8859-1, UTF-16)", 415)
     return info.name
@@ -299,6 +304,19 @@ def _as_text(body, charset):
             return _decode(body.encode("utf-8", "surrogatepass"), charset)
         return body[1:] if body.startswith("\ufeff") else body
     return _decode(body, charset)
+
+
+def _ascii_only(value, depth=0):
+    """No non-ASCII character in any string of a parsed JSON value."""
+    if depth > 64:
+        raise RequestError("the JSON body is nested too deeply")
+    if isinstance(value, str):
+        return value.isascii()
+    if isinstance(value, dict):
+        return all(_ascii_only(k, depth + 1) and _ascii_only(v, depth + 1) for k, v in value.items())
+    if isinstance(value, list):
+        return all(_ascii_only(v, depth + 1) for v in value)
+    return True
 
 
 def _looks_like_json(body):
@@ -341,6 +359,10 @@ def parse_request(row, content_type, labels, top_k=1, limits=None, explain=False
                 raise RequestError("the JSON body is nested too deeply") from None
             except ValueError as e:
                 raise RequestError(f"the body is not valid JSON: {e}") from None
+        elif _codec(charset) != "utf-8" and not _ascii_only(body):
+            # TorchServe read this body as UTF-8 (it drops the charset); bytes valid in both cannot be told apart
+            raise RequestError(f"a JSON body with charset {_shown(charset)} and non-ASCII text that is also valid "
+                               "UTF-8 cannot be read here: send it as UTF-8 (or escape non-ASCII as \\uXXXX)", 415)
         request = _from_json(body, labels, top_k, limits, explain)
     elif media in TEXT_TYPES:
         if not isinstance(body, (str, bytes, bytearray)):
@@ -358,9 +380,8 @@ def _checked(request, limits, explain):
         if request.form not in ("one", "v1"):
             raise RequestError("explanations take one text (text/plain, or {\"text\": \"...\", \"label\": \"...\"} "
                                "as JSON) or KServe v1 {\"instances\": [...]}")
-        for i, text in enumerate(request.texts):
-            count = len(words(text))
-            if count > limits.explain_max_words:
-                raise RequestError(f"text {i} has {count} words; explanations take at most "
-                                   f"{limits.explain_max_words} (one forward pass per word)", 413)
+        count = sum(len(words(text)) for text in request.texts)
+        if count > limits.explain_max_words:
+            raise RequestError(f"the request has {count} words to explain; the limit is {limits.explain_max_words} "
+                               "per request (one forward pass per word)", 413)
     return request
