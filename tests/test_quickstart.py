@@ -32,6 +32,12 @@ def port_taken(port):
 
 @pytest.fixture
 def repo_copy(tmp_path, tiny_ckpt):
+    # The copy shares this checkout's .venv: its setup.sh must find the venv up to date, or it would install
+    # the copy (editable) into it.
+    stamp = ROOT / ".venv" / ".requirements.sha256"
+    want = hashlib.sha256(b"".join((ROOT / f).read_bytes() for f in ("requirements.txt", "pyproject.toml")))
+    if not stamp.is_file() or stamp.read_text().strip() != want.hexdigest():
+        pytest.skip(".venv is not set up for this checkout's requirements: run ./setup.sh first")
     repo = tmp_path / "repo"
     repo.mkdir()
     for name in FILES:

@@ -1,4 +1,4 @@
-"""Short versions of benchmarks/reliability.py's phases against one real TorchServe on 127.0.0.1 (about two
+"""Short versions of benchmarks/reliability's phases against one real TorchServe on 127.0.0.1 (about two
 minutes on 2 busy cores, most of it the worker restart and the soak): the tiny model served with a 4-deep
 job queue and batches of 2, so that a burst of 48 requests overflows it.
 
@@ -18,8 +18,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from benchmarks import reliability
-from benchmarks.reliability_report import plots, write_report
+from benchmarks.reliability import phases
+from benchmarks.reliability.load import Load, Records
+from benchmarks.reliability.logs import scan_logs
+from benchmarks.reliability.report import plots, write_report
 from serving.torchserve import TorchServe, archive
 from conftest import ROOT
 
@@ -52,10 +54,10 @@ def served(tiny_ckpt, toy_data_dir, tmp_path_factory):
     ts.start()
     try:
         ts.wait_ready(MODEL, timeout=180)
-        settings = reliability.serving_settings(base / "model-config.yaml", ts)
+        settings = phases.serving_settings(base / "model-config.yaml", ts)
         assert (settings["job_queue_size"], settings["batch_size"]) == (QUEUE, 2)
         RESULTS["settings"] = settings
-        load = reliability.Load(ts, MODEL, toy_data_dir / "test.txt", tiny_ckpt / "labels.json", base / "out")
+        load = Load(ts, MODEL, toy_data_dir / "test.txt", tiny_ckpt / "labels.json", base / "out")
         yield ts, load, settings
     finally:
         ts.stop()
@@ -68,7 +70,7 @@ def failed_checks(result):
 @pytest.mark.serving
 def test_hostile_requests_get_their_4xx_and_the_worker_lives(served):
     ts, _, settings = served
-    result = reliability.hostile(ts, MODEL, settings, rounds=1)
+    result = phases.hostile(ts, MODEL, settings, rounds=1)
     RESULTS["hostile"] = result
     wrong = [c for c in result["cases"] if not c["ok"]]
     assert not wrong, wrong
@@ -87,8 +89,8 @@ def test_request_text_never_reaches_the_logs(served):
     assert ts.predict(MODEL, f"bad\x00{marker}".encode()).status_code == 400
     # Positive control: the access log does record URLs, so the scan would find a marker that was logged.
     ts.predict(f"{MODEL}?q={control}", b"play jazz")
-    assert reliability.scan_logs(ts, control), "the scan must see what TorchServe logs"
-    assert reliability.scan_logs(ts, marker, settle=0) == []
+    assert scan_logs(ts, control), "the scan must see what TorchServe logs"
+    assert scan_logs(ts, marker, settle=0) == []
 
 
 @pytest.mark.serving
@@ -115,7 +117,7 @@ def test_a_burst_over_the_job_queue_is_answered_or_refused_fast(served):
 @pytest.mark.serving
 def test_locust_overload_then_recovery(served):
     _, load, settings = served
-    result = reliability.overload(load, users=24, normal_users=2, run_seconds=4, settings=settings)
+    result = phases.overload(load, users=24, normal_users=2, run_seconds=4, settings=settings)
     RESULTS["overload"] = result
     over, storm = result["runs"]["overload"], result["runs"]["storm"]
     assert over["refused"] > 0 and over["ok"] > 0, over
@@ -129,7 +131,7 @@ def test_locust_overload_then_recovery(served):
 def test_sigkill_of_the_worker_under_load(served):
     _, load, settings = served
     # 3 users and the probe fit the 4-deep queue while the worker restarts: nothing is refused meanwhile.
-    result = reliability.worker_kill(load, users=QUEUE - 1, kill_after=3, settings=settings)
+    result = phases.worker_kill(load, users=QUEUE - 1, kill_after=3, settings=settings)
     RESULTS["kill"] = result
     assert result["recovery_s"] is not None and result["recovery_s"] <= 30, result["recovery_s"]
     assert result["failed"] <= settings["batch_size"], result["failed_by_status"]
@@ -139,7 +141,7 @@ def test_sigkill_of_the_worker_under_load(served):
 @pytest.mark.serving
 def test_short_soak_samples_memory(served):
     _, load, _ = served
-    result = reliability.soak(load, minutes=0.5, users=2, total_rate=8.0, every=2.0, warmup=6.0)
+    result = phases.soak(load, minutes=0.5, users=2, total_rate=8.0, every=2.0, warmup=6.0)
     result["capacity_req_per_s"] = 16.0
     RESULTS["soak"] = result
     assert result["summary"]["requests"] > 0 and result["summary"]["ok"] == result["summary"]["requests"], \
@@ -153,16 +155,16 @@ def test_short_soak_samples_memory(served):
 
 @pytest.mark.serving
 def test_report_of_the_short_runs(tmp_path):
-    phases = [p for p in reliability.PHASES if p in RESULTS]
-    if len(phases) < len(reliability.PHASES):
-        pytest.skip(f"needs the serving tests above (ran: {phases})")
-    from benchmarks.serving_report import machine, versions
+    done = [p for p in phases.PHASES if p in RESULTS]
+    if len(done) < len(phases.PHASES):
+        pytest.skip(f"needs the serving tests above (ran: {done})")
+    from benchmarks.common import machine, versions
     results = {"date": "test", "command": "pytest", "machine": machine(), "versions": versions(), "commit": None,
                "checkpoint": "tiny", "model_config": "test", "data": "toy", "loadavg_before": "",
                "loadavg_after": "", "parameters": {"overload_users": 24, "normal_users": 2, "duration_s": 4,
                                                    "kill_after_s": 3, "soak_minutes": 0.5, "sample_every_s": 2},
-               **RESULTS, "passed": all(RESULTS[p]["passed"] for p in phases)}
-    json.dumps(results)   # what reliability.py stores as results.json
+               **RESULTS, "passed": all(RESULTS[p]["passed"] for p in done)}
+    json.dumps(results)   # what python -m benchmarks.reliability stores as results.json
     written = plots(results, tmp_path)
     assert {p.name for p in written} == {"overload.png", "kill.png", "soak_memory.png"}
     assert all(p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in written)
@@ -195,3 +197,18 @@ def test_reliability_sh_refuses_bad_arguments(tmp_path):
     assert done.returncode == 2
     assert "does not exist" in done.stderr and "unknown 'nap'" in done.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_only_a_full_queue_or_an_overload_counts_as_a_refusal(tmp_path):
+    # a 503 from a handler that raised ("Prediction failed") is a failure, not a refusal to retry
+    path = tmp_path / "requests.csv"
+    path.write_text("start,latency_ms,status,json_ok,error_type\n"
+                    "1.0,10.0,200,1,\n"
+                    "1.1,2.0,503,1,ServiceUnavailableException\n"
+                    "1.2,3.0,503,1,overload\n"
+                    "1.3,50.0,503,1,InternalServerException\n"
+                    "1.4,5.0,400,1,validation\n")
+    summary = Records.read(path, users=2).summary()
+    assert (summary["ok"], summary["refused"], summary["other"]) == (1, 2, 2)
+    assert summary["errors_by_type"] == {"400 validation": 1, "503 InternalServerException": 1,
+                                         "503 ServiceUnavailableException": 1, "503 overload": 1}

@@ -1,6 +1,6 @@
-"""RELIABILITY.md and the plots of one benchmarks/reliability.py run (results.json).
+"""RELIABILITY.md and the plots of one benchmarks/reliability run (results.json).
 
-Usage: python benchmarks/reliability_report.py OUT/results.json [--record RELIABILITY.md]
+Usage: python -m benchmarks.reliability.report OUT/results.json [--record RELIABILITY.md]
 (reliability.py calls plots() and write_report() itself; this re-renders a stored run).
 """
 import argparse
