@@ -34,6 +34,7 @@ def required_files(config):
 def check_folder(folder):
     """Read config.json and check that every file the model needs is present; returns the config."""
     folder = Path(folder)
+    recover(folder)
     if not folder.is_dir():
         raise CheckpointError(f"checkpoint folder {folder} does not exist")
     config = ModelConfig.from_json_file(folder / "config.json")
@@ -128,9 +129,11 @@ def _load_state(model, state, path):
 
 # ---- save / load
 def save_checkpoint(folder, model, tokenizer, labels, metrics=None, train_args=None):
-    """Write the checkpoint into a temporary sibling, then swap it in: a reader never sees half a folder."""
+    """Write the checkpoint into a sibling folder (NAME.tmp), then swap it in: a crash at any point leaves a
+    complete checkpoint under NAME (the old one or the new one), and a reader never sees half a folder."""
     folder = Path(folder)
     tmp = folder.with_name(folder.name + ".tmp")
+    recover(folder)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     config = model.config
@@ -144,9 +147,46 @@ def save_checkpoint(folder, model, tokenizer, labels, metrics=None, train_args=N
     for name, obj in (("metrics.json", metrics), ("train_args.json", train_args)):
         if obj is not None:
             (tmp / name).write_text(json.dumps(obj, indent=2, default=str) + "\n", encoding="utf-8")
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+    _swap_in(tmp, folder)
+    shutil.rmtree(tmp, ignore_errors=True)   # now the old checkpoint, if there was one
     return folder
+
+
+def _exchange(a, b):
+    """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE). False where the system cannot."""
+    import ctypes
+    import os
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    done = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    return done == 0
+
+
+def _swap_in(tmp, folder):
+    """tmp becomes folder; the old folder, if any, ends up at tmp."""
+    if not folder.exists():
+        tmp.rename(folder)
+    elif not _exchange(tmp, folder):
+        # two renames: between them NAME is missing, and NAME.old holds the complete old checkpoint, which
+        # recover() (called by every save and load) puts back
+        old = folder.with_name(folder.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        folder.rename(old)
+        tmp.rename(folder)
+        old.rename(tmp)
+
+
+def recover(folder):
+    """Finish what a save that crashed between its two renames left: NAME missing, NAME.old complete."""
+    folder = Path(folder)
+    old = folder.with_name(folder.name + ".old")
+    if not folder.exists() and old.is_dir():
+        log.warning("%s was missing after an interrupted save; restoring it from %s", folder, old.name)
+        old.rename(folder)
 
 
 def build_model(folder, config):
