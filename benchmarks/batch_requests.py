@@ -37,6 +37,8 @@ def parse_args(argv=None):
     p.add_argument("--texts", type=int, default=256, help="texts per round (the batch request's size)")
     p.add_argument("--clients", type=int, default=32, help="concurrent clients sending the single requests")
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--long-data", type=Path, default=ROOT / "data" / "r52" / "test.tsv",
+                   help="long documents for the largest request the shipped limits allow")
     p.add_argument("--background-clients", type=int, default=16, help="clients sending one-text requests all "
                    "along during the 'under load' rounds")
     p.add_argument("--model-config", type=Path, default=ROOT / "handlers" / "model-config.yaml")
@@ -101,6 +103,26 @@ class Background:
         self.stop.set()
         for t in self.threads:
             t.join(timeout=150)
+
+
+def largest(ts, checkpoint, long_data, model_config, rounds):
+    """The largest request the handler's limits allow (max_texts texts sharing max_total_chars), from long
+    documents, on an idle server: its seconds, and its tokens as the model's tokenizer counts them (truncated to
+    max_length): the rate behind handler.max_batch_tokens."""
+    from benchmarks.common import read_model_config
+    from textclf.config import ModelConfig
+    from textclf.tokenization import load_tokenizer
+    limits = read_model_config(model_config)["handler"]
+    n, total = int(limits.get("max_texts", 256)), int(limits.get("max_total_chars", 100000))
+    docs = [e.text for e in read_examples(long_data)[0]][:n]
+    texts = [d[: total // n] for d in docs]
+    config = ModelConfig.from_json_file(Path(checkpoint) / "config.json")
+    tokenizer = load_tokenizer(Path(checkpoint) / "tokenizer", config.embedding)
+    tokens = int(tokenizer.encode(texts, config.max_length)["attention_mask"].sum())
+    seconds = [batch(ts, "model", texts)[0] for _ in range(rounds)]
+    return {"texts": len(texts), "characters": sum(map(len, texts)), "tokens": tokens,
+            "seconds": seconds, "seconds_median": statistics.median(seconds),
+            "tokens_per_s_median": tokens / statistics.median(seconds)}
 
 
 def measure(ts, texts, clients, rounds, load):
@@ -175,6 +197,7 @@ def main(argv=None):
             singles(ts, "model", texts[:64], args.clients)   # warm up both paths
             batch(ts, "model", texts[:64])
             idle = measure(ts, texts, args.clients, args.rounds, None)
+            biggest = largest(ts, args.checkpoint, args.long_data, args.model_config, 3)
             with Background(ts, "model", texts, args.background_clients, limit_s=60 * args.rounds) as load:
                 loaded = measure(ts, texts, args.clients, args.rounds, load)
             if load.failed:
@@ -186,7 +209,7 @@ def main(argv=None):
         "model": str(args.checkpoint), "model_config": str(args.model_config), "data": str(args.data),
         "texts": args.texts, "clients": args.clients, "rounds": args.rounds,
         "background_clients": args.background_clients,
-        "idle": summary(idle, args.texts), "under_load": summary(loaded, args.texts),
+        "idle": summary(idle, args.texts), "under_load": summary(loaded, args.texts), "largest_request": biggest,
     }
     (args.out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     plot(result, args.out / "batch_vs_single.png")
@@ -198,6 +221,9 @@ def main(argv=None):
               f" ({r['singles']['texts_per_s_median']:.0f} texts/s, p50 {r['singles']['p50_ms_median']:.0f} ms); one "
               f"request of {args.texts} texts {r['batch']['seconds_median']:.2f} s "
               f"({r['batch']['texts_per_s_median']:.0f} texts/s){extra}; labels agree {r['label_agreement_min']:.1%}")
+    print(f"largest request allowed ({biggest['texts']} texts, {biggest['characters']} characters, "
+          f"{biggest['tokens']} tokens), idle: {biggest['seconds_median']:.2f} s "
+          f"({biggest['tokens_per_s_median']:.0f} tokens/s)")
     print(f"under load: one request of {args.texts} texts / {args.texts} single requests: "
           f"{result['under_load']['speedup']:.2f} x faster")
     return 0

@@ -17,11 +17,14 @@ def main(argv=None):
     p.add_argument("--data", default="data/snips")
     p.add_argument("--out", default="results/exports")
     p.add_argument("--remove-layers", default="2,3,4,5", help="layers dropped for the layer-removal variant")
+    p.add_argument("--int8-scheme", choices=("per-channel", "per-tensor"), default="per-channel",
+                   help="int8 weight scales: one per output row (default) or one per matrix")
     args = p.parse_args(argv)
     out = (ROOT / args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     src = Path(args.checkpoint).resolve()
-    variants = {"original": None, "int8": ["--int8"], "onnx": ["--onnx"],
+    variants = {"original": None, f"int8 {args.int8_scheme}": ["--int8", "--int8-scheme", args.int8_scheme],
+                "onnx": ["--onnx"],
                 f"removed {args.remove_layers}": ["--remove-layers", args.remove_layers]}
     rows = []
     for name, flags in variants.items():
