@@ -33,6 +33,7 @@ handler:
   max_total_chars: 4000
   max_batch_texts: 8
   explain_max_words: 20
+  max_batch_tokens: 1000
 """
 SENTENCES = ["play some jazz by miles davis", "will it rain in paris tomorrow", "book a table for two tonight",
              "add this song to my road trip playlist", "rate this book five stars", "find the movie schedule",
@@ -91,6 +92,9 @@ def test_limits_and_bad_texts_in_a_list(server):
                  "'texts'[1] is empty")
     assert_error(post(server, f"/predictions/{MODEL}", data=b'{"texts": ["ok", "\\udc00"]}'), 400,
                  "'texts'[1] holds an unpaired surrogate")
+    # 12 texts of 100 characters: up to 12 x 102 tokens of model work, over max_batch_tokens 1000
+    assert_error(post(server, f"/predictions/{MODEL}", {"texts": ["play " * 20] * 12}), 413,
+                 "up to 1224 tokens of model work; the limit is 1000 per request")
 
 
 # ---- KServe v1
