@@ -25,7 +25,7 @@ ARCHIVER="$ROOT/.venv/bin/torch-model-archiver"; [ -x "$ARCHIVER" ] || ARCHIVER=
 links="$(find "$CKPT" -type l | head -3)"
 [ -z "$links" ] || die "checkpoint '$CKPT' holds symbolic links, refused: $links"
 # The checkpoint must be complete and readable before it is shipped.
-FILES="$(cd "$ROOT" && PYTHONPATH="$ROOT" "$PY" -c '
+FILES="$(cd "$ROOT" && "$PY" -c '
 import sys
 from textclf.checkpoint import check_folder, required_files
 from textclf.errors import CheckpointError

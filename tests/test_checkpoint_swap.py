@@ -10,6 +10,7 @@ import textclf.checkpoint as checkpoint
 from textclf.checkpoint import load_checkpoint, save_checkpoint
 from textclf.config import ModelConfig
 from textclf.model import TextClassifier
+from textclf.predict import Predictor
 from textclf.tokenization import WordTokenizer
 
 LABELS = ["food", "music", "weather"]
@@ -30,7 +31,7 @@ def model():
 
 def epoch_of(folder):
     load_checkpoint(folder)   # loads, strictly
-    return json.loads((Path(folder) / "metrics.json").read_text())["epoch"]
+    return json.loads((checkpoint.readable(folder) / "metrics.json").read_text())["epoch"]
 
 
 @pytest.fixture
@@ -73,7 +74,7 @@ def test_crash_before_and_after_the_swap(saved, monkeypatch, exchange):
     assert epoch_of(folder) == 2                      # crashed after it: the new one
 
 
-def test_crash_between_the_two_renames_is_recovered_on_load(saved, monkeypatch):
+def test_crash_between_the_two_renames_leaves_the_old_one_readable(saved, monkeypatch):
     folder, save_again = saved
     monkeypatch.setattr(checkpoint, "_exchange", lambda a, b: False)
     rename = Path.rename
@@ -87,10 +88,11 @@ def test_crash_between_the_two_renames_is_recovered_on_load(saved, monkeypatch):
         save_again()
     monkeypatch.setattr(Path, "rename", rename)
     assert not folder.exists() and folder.with_name("checkpoint-best.old").is_dir()
-    assert epoch_of(folder) == 1                      # load puts the complete old one back first
-    assert folder.is_dir() and not folder.with_name("checkpoint-best.old").exists()
-    save_again()
-    assert epoch_of(folder) == 2
+    assert epoch_of(folder) == 1                      # readers read the complete old one, renaming nothing
+    assert Predictor.from_checkpoint(folder).labels == LABELS
+    assert not folder.exists()
+    save_again()                                      # the next save puts it back first, then swaps
+    assert epoch_of(folder) == 2 and not folder.with_name("checkpoint-best.old").exists()
 
 
 def test_the_atomic_exchange_works_here(tmp_path):

@@ -33,8 +33,7 @@ def required_files(config):
 
 def check_folder(folder):
     """Read config.json and check that every file the model needs is present; returns the config."""
-    folder = Path(folder)
-    recover(folder)
+    folder = readable(folder)
     if not folder.is_dir():
         raise CheckpointError(f"checkpoint folder {folder} does not exist")
     config = ModelConfig.from_json_file(folder / "config.json")
@@ -171,22 +170,39 @@ def _swap_in(tmp, folder):
     if not folder.exists():
         tmp.rename(folder)
     elif not _exchange(tmp, folder):
-        # two renames: between them NAME is missing, and NAME.old holds the complete old checkpoint, which
-        # recover() (called by every save and load) puts back
+        # two renames: between them NAME is missing and NAME.old holds the complete old checkpoint, which
+        # loading reads (readable()) and the next save puts back (recover())
         old = folder.with_name(folder.name + ".old")
         shutil.rmtree(old, ignore_errors=True)
-        folder.rename(old)
+        try:
+            folder.rename(old)
+        except OSError:   # a file system that cannot rename this folder: replace it as before
+            shutil.rmtree(folder)
+            tmp.rename(folder)
+            return
         tmp.rename(folder)
         old.rename(tmp)
 
 
 def recover(folder):
-    """Finish what a save that crashed between its two renames left: NAME missing, NAME.old complete."""
+    """For the writer: finish what a save that crashed between its two renames left (NAME missing, NAME.old
+    complete) by putting NAME.old back."""
     folder = Path(folder)
     old = folder.with_name(folder.name + ".old")
     if not folder.exists() and old.is_dir():
         log.warning("%s was missing after an interrupted save; restoring it from %s", folder, old.name)
         old.rename(folder)
+
+
+def readable(folder):
+    """For readers: the folder, or NAME.old while a save is between its two renames (or crashed there).
+    Readers never rename anything, so they cannot race a writer."""
+    folder = Path(folder)
+    old = folder.with_name(folder.name + ".old")
+    if not folder.exists() and old.is_dir():
+        log.warning("%s is missing (a save was interrupted); reading %s", folder, old.name)
+        return old
+    return folder
 
 
 def build_model(folder, config):
@@ -210,7 +226,7 @@ def read_weights(path):
 
 def load_checkpoint(folder, device="cpu"):
     """-> (model in eval mode on device, tokenizer, labels). ONNX checkpoints are loaded by Predictor."""
-    folder = Path(folder)
+    folder = readable(folder)
     config = check_folder(folder)
     if config.runtime == "onnx":
         raise CheckpointError(f"{folder} is an ONNX export; load it with textclf.Predictor")

@@ -1,12 +1,11 @@
 """Predictor: the one prediction path (tokenize, forward, softmax) for the CLIs, benchmarks and handler."""
 import logging
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from .checkpoint import ONNX_GRAPH, check_folder, load_checkpoint
+from .checkpoint import ONNX_GRAPH, check_folder, load_checkpoint, readable
 from .config import load_labels
 from .errors import CheckpointError
 from .tokenization import load_tokenizer
@@ -43,7 +42,7 @@ class Predictor:
 
     @classmethod
     def from_checkpoint(cls, folder, device="cpu", threads=None):
-        folder = Path(folder)
+        folder = readable(folder)
         config = check_folder(folder)
         if config.runtime == "onnx":
             labels = load_labels(folder / "labels.json")

@@ -32,17 +32,22 @@ def _param_groups(model, weight_decay):
 def schedule(optimizer, cfg, steps_per_epoch):
     """The learning-rate schedule, from torch's schedulers: a linear warmup over warmup_ratio of the steps (the
     rate times 1/warmup, 2/warmup, ... 1), then either a linear decay to 0 at the last step, or, with
-    lr_decay_rate, the rate times lr_decay_rate ** epoch (epochs counted from the first step)."""
-    from torch.optim.lr_scheduler import ChainedScheduler, LinearLR, MultiStepLR, SequentialLR
+    lr_decay_rate, the rate times lr_decay_rate ** epoch (epochs counted from the first step; no decay during
+    the warmup)."""
+    from torch.optim.lr_scheduler import LambdaLR, LinearLR, MultiStepLR, SequentialLR
     total = steps_per_epoch * cfg.epochs
     warmup = int(total * cfg.warmup_ratio)
-    ramp = LinearLR(optimizer, 1 / warmup, 1.0, total_iters=max(1, warmup - 1)) if warmup else None
-    if cfg.lr_decay_rate:
-        decay = MultiStepLR(optimizer, milestones=list(range(steps_per_epoch, total, steps_per_epoch)),
-                            gamma=cfg.lr_decay_rate)
-        return ChainedScheduler([ramp, decay]) if ramp else decay
-    decay = LinearLR(optimizer, 1.0, 0.0, total_iters=max(1, total - warmup))
-    return SequentialLR(optimizer, [ramp, decay], milestones=[warmup]) if ramp else decay
+    rate = cfg.lr_decay_rate
+    if rate and not warmup:
+        return MultiStepLR(optimizer, milestones=list(range(steps_per_epoch, total + 1, steps_per_epoch)), gamma=rate)
+    if rate:   # after the warmup: the epoch's power of the rate, epochs counted from the first step
+        decay = LambdaLR(optimizer, lambda k: rate ** ((k + warmup) // steps_per_epoch))
+    else:
+        decay = LinearLR(optimizer, 1.0, 0.0, total_iters=max(1, total - warmup))
+    if not warmup:
+        return decay
+    ramp = LinearLR(optimizer, 1 / warmup, 1.0, total_iters=max(1, warmup - 1))
+    return SequentialLR(optimizer, [ramp, decay], milestones=[warmup])
 
 
 def batch_order(examples, batch_size, rng, length_buckets=0):

@@ -10,7 +10,8 @@ import threading
 import time
 from pathlib import Path
 
-from serving.torchserve import TorchServe
+from benchmarks.common import machine
+from serving.torchserve import TorchServe, log_tail
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -100,8 +101,7 @@ def serve(mode, gpus):
 
 
 if __name__ == "__main__":
-    results = {"machine": smi("--query-gpu=name"),
-               "cpu_cores": os.cpu_count(), "mar": MAR.name, "runs": []}
+    results = {"machine": smi("--query-gpu=name"), "cpu": machine(), "mar": MAR.name, "runs": []}
     for mode, gpus in (("gpu", 1), ("cpu", 0)):
         try:
             results["runs"].append(serve(mode, gpus))
@@ -110,6 +110,5 @@ if __name__ == "__main__":
             results["runs"].append({"mode": mode, "error": repr(e)[:3000]})
         (OUT / "serving-gpu.json").write_text(json.dumps(results, indent=2) + "\n")
     for mode in ("gpu", "cpu"):
-        subprocess.run(f"tail -c 3000 /tmp/ts-{mode}/cwd/logs/model_log.log > {OUT}/model_log-{mode}.txt; "
-                       f"tail -c 3000 /tmp/ts-{mode}/cwd/logs/ts_log.log > {OUT}/ts_log-{mode}.txt", shell=True)
+        (OUT / f"logs-{mode}.txt").write_text(log_tail(Path(f"/tmp/ts-{mode}/cwd"), lines=60))
     log("done")

@@ -13,7 +13,8 @@ from serving.torchserve import TorchServeError
 
 ROOT = Path(__file__).resolve().parents[2]
 REFUSED = (429, 503)
-# A refusal is a 429/503 whose JSON body says it is one: TorchServe's full job queue, or the handler's
+# A refusal is a 429/503 whose JSON body says it is one: TorchServe's ServiceUnavailableException (a full job
+# queue; TorchServe answers "no worker" with the same type, so the two cannot be told apart), or the handler's
 # "overload" (a batch over max_batch_tokens). A 503 "Prediction failed" (a handler that raised) is no refusal.
 REFUSAL_TYPES = ("ServiceUnavailableException", "overload")
 

@@ -1,4 +1,4 @@
-"""RELIABILITY.md and the plots of one benchmarks/reliability run (results.json).
+"""RELIABILITY.md and the plots of one `python -m benchmarks.reliability` run (results.json).
 
 Usage: python -m benchmarks.reliability.report OUT/results.json [--record RELIABILITY.md]
 (reliability.py calls plots() and write_report() itself; this re-renders a stored run).
@@ -36,13 +36,19 @@ def overload_section(o, st):
              f"maxBatchDelay {st['max_batch_delay_ms']} ms, responseTimeout {st['response_timeout_s']} s). "
              f"baseline and recovery: back to back; overload: paced to {o['factor']:g} x the baseline's answers/s, "
              f"{o['offered_req_per_s']:g} req/s offered in all; storm: the same users back to back, each refused "
-             "client retrying at once. Refused = 503/429.", "",
+             "client retrying at once. Refused: a 503/429 whose JSON body is TorchServe's ServiceUnavailableException "
+             "(full queue, or no worker: TorchServe answers both alike) or the handler's overload; any other "
+             "error counts as other.", "",
              "| run | users | requests | 200/s | refused | other | p50 200 ms | p99 200 ms | max 200 ms "
              "| max refused ms | statuses |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     for name, r in o["runs"].items():
         lines.append(f"| {name} | {r['users']} | {r['requests']} | {_f(r['ok_per_s'])} | {r['refused']} | "
                      f"{r['other']} | {_f(r['p50_ok_ms'], 0)} | {_f(r['p99_ok_ms'], 0)} | {_f(r['max_ok_ms'], 0)} | "
                      f"{_f(r['max_refused_ms'], 0)} | {_statuses(r['by_status'])} |")
+    types = {name: r["errors_by_type"] for name, r in o["runs"].items() if r.get("errors_by_type")}
+    if types:
+        lines += ["", "Errors by status and body type: " + "; ".join(
+            f"{name}: " + ", ".join(f"{k} {v}" for k, v in t.items()) for name, t in types.items())]
     lines += ["", f"Recovery (after the storm): {_f(o['recovery_ok_per_s_first_5s'])} answers/s in its first 5 s, "
                   f"{_f(o['recovery_ratio'], 2)} x the baseline over the whole run.", "", *_checks(o["checks"]), "",
               "![overload](overload.png)", ""]
@@ -168,7 +174,7 @@ def plots(results, out):
                 continue
             t = [x[0] for x in series]
             top.plot(t, [x[1] for x in series], color="C0", label="200 /s" if i == 0 else None)
-            top.plot(t, [x[2] for x in series], color="C1", label="refused (503/429) /s" if i == 0 else None)
+            top.plot(t, [x[2] for x in series], color="C1", label="refused (full queue, overload) /s" if i == 0 else None)
             top.plot(t, [x[3] for x in series], color="C3", label="other /s" if i == 0 else None)
             bottom.plot(t, [x[4] for x in series], color="C2", label="max latency in the second" if i == 0 else None)
             top.annotate(f"{name} ({results['overload']['runs'][name]['users']} users)", (t[0], 0),
