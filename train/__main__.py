@@ -10,6 +10,7 @@ import torch
 from textclf.checkpoint import load_checkpoint
 from textclf.errors import CheckpointError, DataError
 
+from . import distributed
 from .config import parse_train_config
 from .data import label_counts, load_dataset
 from .loop import fit, set_seed
@@ -18,15 +19,12 @@ from .models import build
 log = logging.getLogger("train")
 
 
-def pick_device(name):
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def setup_logging():
+def setup_logging(ranks=None):
+    """INFO on one process or rank 0; the other ranks of a torchrun say only warnings and errors."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
+    if ranks is not None and not ranks.main:
+        logging.getLogger().setLevel(logging.WARNING)
 
 
 def _resume(cfg, device):
@@ -36,11 +34,13 @@ def _resume(cfg, device):
     return model, tokenizer, labels, epoch
 
 
-def run(cfg):
+def run(cfg, ranks):
     set_seed(cfg.seed)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = pick_device(cfg.device)
+    threads = distributed.threads_for(cfg.threads, ranks)
+    if threads:
+        torch.set_num_threads(threads)
+    device = distributed.device_for(cfg.device, ranks)
+    distributed.start(ranks, device, cfg.dist_timeout)
     data = load_dataset(cfg.data, cfg.columns, cfg.valid_fraction, cfg.seed, cfg.limit, cfg.skip_empty)
     log.info("data %s (%s): %d train, %d valid%s, %d test, %d labels", cfg.data, data.columns, len(data.train),
              len(data.valid), " (split from train)" if data.valid_from_train else "", len(data.test),
@@ -57,13 +57,16 @@ def run(cfg):
         cfg.lr = 5e-5 if model.config.embedding == "transformer" else 1e-3
     model.to(device)
     params = sum(p.numel() for p in model.parameters())
-    log.info("model %s + %s: %.1fM parameters on %s; labels %s", model.config.embedding, model.config.encoder,
-             params / 1e6, device, dict(label_counts(data.train)))
+    log.info("model %s + %s: %.1fM parameters on %s; labels %s%s", model.config.embedding, model.config.encoder,
+             params / 1e6, device, dict(label_counts(data.train)),
+             f"; {ranks.world} ranks, {torch.get_num_threads()} torch threads each" if ranks.distributed else "")
     started = time.time()
-    history = fit(model, tokenizer, labels, data, cfg, device, start_epoch)
+    history = fit(model, tokenizer, labels, data, cfg, device, start_epoch, ranks)
     wall = time.time() - started
+    if not ranks.main:   # rank 0 alone tests and writes
+        return 0
     best = max(history, key=lambda r: r["valid_accuracy"]) if history else None
-    summary = {"train_seconds": round(wall, 1), "epochs": len(history), "best": best}
+    summary = {"train_seconds": round(wall, 1), "epochs": len(history), "best": best, "ranks": ranks.world}
     if data.test:
         from textclf.predict import Predictor
         from .loop import evaluate_examples
@@ -82,11 +85,17 @@ def run(cfg):
 def main(argv=None):
     setup_logging()
     cfg = parse_train_config(argv)
+    ranks = None
     try:
-        return run(cfg)
+        ranks = distributed.from_environment()
+        setup_logging(ranks)
+        return run(cfg, ranks)
     except (DataError, CheckpointError) as e:
         log.error("%s", e)
         return 2
+    finally:
+        if ranks is not None:
+            distributed.stop(ranks)
 
 
 if __name__ == "__main__":

@@ -55,7 +55,10 @@ class TrainConfig:
     dsa_iterations: int = _field(3, "densenet-dsa: routing iterations")
     eval_batch_size: int = _field(64, "batch size for validation and test")
     device: str = _field("auto", "auto (cuda if available), cpu, cuda, cuda:N")
-    threads: int = _field(0, "torch CPU threads (0: torch's default)")
+    threads: int = _field(0, "torch CPU threads (0: torch's default; under torchrun: the cores split among the "
+                          "ranks of the machine)")
+    dist_timeout: float = _field(300.0, "under torchrun: seconds for every rank to join the process group, "
+                                 "after which a rank stops with an error instead of waiting")
 
     def int_list(self, name):
         value = getattr(self, name)

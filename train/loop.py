@@ -1,7 +1,6 @@
 """The training loop: epochs, schedule, evaluation each epoch, best/last checkpoints, metrics.jsonl."""
 import json
 import logging
-import math
 import random
 import sys
 import time
@@ -14,6 +13,7 @@ from tqdm import tqdm
 from textclf.checkpoint import save_checkpoint
 from textclf.predict import Predictor
 
+from . import distributed
 from .metrics import scores
 
 log = logging.getLogger(__name__)
@@ -88,69 +88,114 @@ def evaluate_examples(predictor, examples, batch_size=64):
     return scores(gold, probs.argmax(axis=1), predictor.labels), probs
 
 
-def fit(model, tokenizer, labels, dataset, cfg, device, start_epoch=0):
-    """Train and keep checkpoint-best/ (by valid accuracy) and checkpoint-last/ in cfg.out."""
+def steps_per_epoch(n_examples, batch_size, ranks):
+    """Optimizer steps in one epoch: every global batch, less a last one too small to give each rank an example."""
+    full, rest = divmod(n_examples, batch_size)
+    return full + (1 if rest >= ranks.world else 0)
+
+
+def fit(model, tokenizer, labels, dataset, cfg, device, start_epoch=0, ranks=None):
+    """Train and keep checkpoint-best/ (by valid accuracy) and checkpoint-last/ in cfg.out. Under torchrun
+    (ranks.distributed) every rank trains on its share of each global batch; rank 0 alone evaluates and writes."""
+    ranks = ranks or distributed.Ranks()
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    from torch.utils.tensorboard import SummaryWriter
-    writer = SummaryWriter(str(out / "tensorboard"))
+    writer, metrics_file = None, None
+    if ranks.main:
+        out.mkdir(parents=True, exist_ok=True)
+        from torch.utils.tensorboard import SummaryWriter
+        writer = SummaryWriter(str(out / "tensorboard"))
+        metrics_file = (out / "metrics.jsonl").open("a", encoding="utf-8")
     index = {lab: i for i, lab in enumerate(labels)}
     train = dataset.train
-    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
-    scheduler = schedule(optimizer, cfg, steps_per_epoch)
+    scheduler = schedule(optimizer, cfg, steps_per_epoch(len(train), cfg.batch_size, ranks))
     predictor = Predictor(model, tokenizer, labels, model.config.max_length, device)
+    trainable = model
+    if ranks.distributed:   # a transformer's pooler (unused here) leaves parameters without gradients: allow them
+        trainable = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=model.config.embedding == "transformer")
     orders = epoch_orders(train, cfg.batch_size, cfg.seed, cfg.length_buckets, start_epoch)
     best, since_best, history = -1.0, 0, []
     train_args = {k: v for k, v in vars(cfg).items()}
-    metrics_file = (out / "metrics.jsonl").open("a", encoding="utf-8")
     step = 0
     for epoch in range(start_epoch + 1, start_epoch + cfg.epochs + 1):
         model.train()
-        started, total_loss, seen = time.time(), 0.0, 0
-        bar = tqdm(next(orders), desc=f"epoch {epoch}",
-                   unit="batch", leave=False, mininterval=0.1 if sys.stderr.isatty() else 30)
+        started, losses = time.time(), torch.zeros(2, dtype=torch.float64, device=device)   # loss sum, examples
+        bar = tqdm(next(orders), desc=f"epoch {epoch}", unit="batch", leave=False, disable=not ranks.main,
+                   mininterval=0.1 if sys.stderr.isatty() else 30)
         for indices in bar:
-            batch = [train[i] for i in indices]
+            if not distributed.usable(indices, ranks):
+                continue
+            batch = [train[i] for i in distributed.shard(indices, ranks)]
             enc = predictor.encode([e.text for e in batch])
             target = torch.tensor([index[e.label] for e in batch], device=device)
-            loss = torch.nn.functional.cross_entropy(model(**enc), target)
+            logits = trainable(**enc)
+            if ranks.distributed:   # DDP averages over ranks: scale so the gradient is the global batch's mean
+                loss = torch.nn.functional.cross_entropy(logits, target, reduction="sum") * ranks.world / len(indices)
+            else:
+                loss = torch.nn.functional.cross_entropy(logits, target)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             optimizer.step()
             scheduler.step()
             step += 1
-            total_loss += loss.item() * len(batch)
-            seen += len(batch)
-            bar.set_postfix(loss=f"{total_loss / seen:.4f}", refresh=False)   # drawn at mininterval only
-            writer.add_scalar("train/loss", loss.item(), step)
-            writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
+            local = loss.item() * len(indices) / ranks.world   # this rank's summed loss
+            losses += torch.tensor([local, len(batch)], dtype=torch.float64, device=device)
+            if ranks.main:
+                bar.set_postfix(loss=f"{losses[0].item() / losses[1].item():.4f}", refresh=False)
+                writer.add_scalar("train/loss", loss.item(), step)
+                writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
+        if ranks.distributed:
+            import torch.distributed as dist
+            dist.all_reduce(losses)
         model.eval()
-        valid, _ = evaluate_examples(predictor, dataset.valid, cfg.eval_batch_size)
-        record = {"epoch": epoch, "step": step, "train_loss": total_loss / max(1, seen),
-                  "valid_accuracy": valid["accuracy"], "valid_macro_f1": valid["macro_f1"],
-                  "epoch_seconds": round(time.time() - started, 1), "lr": scheduler.get_last_lr()[0]}
-        history.append(record)
-        metrics_file.write(json.dumps(record) + "\n")
-        metrics_file.flush()
-        writer.add_scalar("valid/accuracy", valid["accuracy"], step)
-        log.info("epoch %d  train loss %.4f  valid accuracy %.4f (%d/%d)  %.0fs", epoch, record["train_loss"],
-                 valid["accuracy"], valid["correct"], valid["total"], record["epoch_seconds"])
-        save_checkpoint(out / "checkpoint-last", model, tokenizer, labels, record, train_args)
-        if cfg.save_every_epoch:
-            save_checkpoint(out / f"checkpoint-epoch-{epoch}", model, tokenizer, labels, record, train_args)
-        if valid["accuracy"] > best:
-            best, since_best = valid["accuracy"], 0
-            save_checkpoint(out / "checkpoint-best", model, tokenizer, labels, record, train_args)
-        else:
-            since_best += 1
-            if cfg.patience and since_best >= cfg.patience:
-                log.info("no better valid accuracy for %d epochs: stopping early", since_best)
-                break
-    metrics_file.close()
-    writer.close()
+        stop = False
+        if ranks.main:
+            record, stop, best, since_best = _end_of_epoch(
+                model, tokenizer, labels, dataset, cfg, predictor, out, epoch, step, losses, started,
+                scheduler, train_args, best, since_best, metrics_file, writer)
+            history.append(record)
+        if distributed.broadcast_flag(stop, ranks, device):
+            break
+    if ranks.main:
+        metrics_file.close()
+        writer.close()
+    if not distributed.same_weights(model, ranks, device):
+        raise RuntimeError("the ranks ended training with different weights")
+    if ranks.distributed and ranks.main:
+        log.info("all %d ranks hold identical weights", ranks.world)
+    distributed.barrier(ranks)
     return history
+
+
+def _end_of_epoch(model, tokenizer, labels, dataset, cfg, predictor, out, epoch, step, losses, started, scheduler,
+                  train_args, best, since_best, metrics_file, writer):
+    """Rank 0's work after an epoch: evaluate on the whole valid split, log, checkpoint, early stopping.
+    -> (record, stop, best, since_best)."""
+    valid, _ = evaluate_examples(predictor, dataset.valid, cfg.eval_batch_size)
+    record = {"epoch": epoch, "step": step, "train_loss": losses[0].item() / max(1.0, losses[1].item()),
+              "valid_accuracy": valid["accuracy"], "valid_macro_f1": valid["macro_f1"],
+              "epoch_seconds": round(time.time() - started, 1), "lr": scheduler.get_last_lr()[0]}
+    metrics_file.write(json.dumps(record) + "\n")
+    metrics_file.flush()
+    writer.add_scalar("valid/accuracy", valid["accuracy"], step)
+    log.info("epoch %d  train loss %.4f  valid accuracy %.4f (%d/%d)  %.0fs", epoch, record["train_loss"],
+             valid["accuracy"], valid["correct"], valid["total"], record["epoch_seconds"])
+    save_checkpoint(out / "checkpoint-last", model, tokenizer, labels, record, train_args)
+    if cfg.save_every_epoch:
+        save_checkpoint(out / f"checkpoint-epoch-{epoch}", model, tokenizer, labels, record, train_args)
+    stop = False
+    if valid["accuracy"] > best:
+        best, since_best = valid["accuracy"], 0
+        save_checkpoint(out / "checkpoint-best", model, tokenizer, labels, record, train_args)
+    else:
+        since_best += 1
+        if cfg.patience and since_best >= cfg.patience:
+            log.info("no better valid accuracy for %d epochs: stopping early", since_best)
+            stop = True
+    return record, stop, best, since_best
 
 
 def set_seed(seed):
