@@ -35,7 +35,7 @@ class TextClassifierHandler(BaseHandler):
         settings = yaml_config.get("handler") or {}
         self.limits = Limits.from_settings(settings)
         self.batch_texts = int(settings.get("max_batch_texts", 64))      # texts per forward pass
-        self.max_batch_tokens = int(settings.get("max_batch_tokens", 40000))
+        self.max_batch_tokens = int(settings.get("max_batch_tokens", 32768))
         self.max_answer_bytes = int(settings.get("max_answer_bytes", 1000000))
         workers = int(yaml_config.get("minWorkers", 1) or 1)
         cores = self._usable_cores()
@@ -64,7 +64,8 @@ class TextClassifierHandler(BaseHandler):
         """The cores this worker may run on: its CPU affinity, bounded by a cgroup v2 CPU quota (containers)."""
         cores = len(os.sched_getaffinity(0))
         try:
-            quota, period = open("/sys/fs/cgroup/cpu.max", encoding="ascii").read().split()[:2]
+            with open("/sys/fs/cgroup/cpu.max", encoding="ascii") as f:
+                quota, period = f.read().split()[:2]
             if quota != "max":
                 cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
         except (OSError, ValueError):
