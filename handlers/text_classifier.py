@@ -7,10 +7,12 @@ still fails gets a 500. Requests, forms and errors: README "Request and response
 
 TorchServe takes the one class this module defines as the handler: helpers live in textclf/.
 """
+import fcntl
 import json
 import logging
 import math
 import os
+import tempfile
 import time
 from http import HTTPStatus
 
@@ -44,7 +46,7 @@ class TextClassifierHandler(BaseHandler):
         # A TorchServe batch of this many texts or more (a request of many texts) may use the cores that
         # nothing else runs on: one request goes to one worker, which at cores / workers threads would leave
         # the other cores idle when the other workers are.
-        self.cores, self.threads = cores, threads
+        self.cores, self.threads, self._borrow_lock = cores, threads, None
         self.parallel_min_texts = int(settings.get("parallel_min_texts", 32)) or 1 << 30
         gpu = props.get("gpu_id")
         device = f"cuda:{gpu}" if gpu is not None and torch.cuda.is_available() else "cpu"
@@ -148,13 +150,26 @@ class TextClassifierHandler(BaseHandler):
 
     def _predict(self, texts, stats):
         threads = self._threads_for(len(texts))
-        if threads == self.threads:
+        if threads == self.threads or not self._borrow():
             return self.predictor.predict_proba(texts, self.batch_texts, stats)
         torch.set_num_threads(threads)
         try:
             return self.predictor.predict_proba(texts, self.batch_texts, stats)
         finally:
             torch.set_num_threads(self.threads)
+            fcntl.flock(self._borrow_lock, fcntl.LOCK_UN)
+
+    def _borrow(self):
+        """One worker at a time may borrow idle cores: a lock file in the temp folder TorchServe gives all its
+        workers (two idle workers seeing the same idle cores would otherwise both take them)."""
+        if self._borrow_lock is None:
+            path = os.path.join(tempfile.gettempdir(), f"textclf-borrow-{os.getuid()}.lock")
+            self._borrow_lock = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(self._borrow_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError:
+            return False
 
     def _threads_for(self, texts):
         """Torch threads for a forward run over `texts` texts: the configured ones, or for a large run as many

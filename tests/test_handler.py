@@ -343,3 +343,15 @@ def test_explanations_are_counted_in_the_metrics(tiny_ckpt):
     handler, context = start(tiny_ckpt)
     handle(handler, context, [({"body": b"play some jazz"}, {"body": PLAIN, "explain": "True"})])
     assert context.metrics.counters[("textclf_texts_total", ())] == 4   # the text, then without each word
+
+
+def test_only_one_worker_at_a_time_borrows_idle_cores(tiny_ckpt):
+    # two handlers (two workers) on one machine: while one holds the borrowed cores, the other runs as configured
+    first, _ = start(tiny_ckpt, parallel_min_texts=2)
+    second, _ = start(tiny_ckpt, parallel_min_texts=2)
+    assert first._borrow() is True
+    assert second._borrow() is False
+    import fcntl
+    fcntl.flock(first._borrow_lock, fcntl.LOCK_UN)
+    assert second._borrow() is True
+    fcntl.flock(second._borrow_lock, fcntl.LOCK_UN)
