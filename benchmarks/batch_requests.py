@@ -26,7 +26,7 @@ import requests
 from tqdm import tqdm
 
 from benchmarks.common import git_commit, machine, versions
-from serving.torchserve import ROOT, TorchServe, archive
+from serving.torchserve import ROOT, TorchServe, archive, read_model_config
 from textclf.data import read_examples
 
 
@@ -109,7 +109,6 @@ def largest(ts, checkpoint, long_data, model_config, rounds):
     """The largest request the handler's limits allow (max_texts texts sharing max_total_chars), from long
     documents, on an idle server: its seconds, and its tokens as the model's tokenizer counts them (truncated to
     max_length): the rate behind handler.max_batch_tokens."""
-    from benchmarks.common import read_model_config
     from textclf.config import ModelConfig
     from textclf.tokenization import load_tokenizer
     limits = read_model_config(model_config)["handler"]

@@ -1,5 +1,6 @@
-"""What every benchmark records beside its numbers (the machine, the software, the commit) and reads (the
-serving settings of a model-config.yaml): one helper each, shared by all benchmarks."""
+"""What every benchmark records beside its numbers (the machine, the software, the commit): one helper each,
+shared by all benchmarks. TorchServe's own files are read by serving.torchserve (read_properties,
+read_model_config)."""
 import os
 import platform
 import subprocess
@@ -49,11 +50,3 @@ def git_commit():
         return head + (" + uncommitted changes" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return None
-
-
-def read_model_config(path):
-    """A TorchServe model-config.yaml as a dict, with its handler section as a dict (empty when absent)."""
-    import yaml
-    config = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
-    config["handler"] = config.get("handler") or {}
-    return config

@@ -19,4 +19,4 @@ for n in 1 2; do
   cp "$WORK/ranks-$n/summary.json" "$WORK/ranks-$n/metrics.jsonl" "$OUT/ranks-$n/"
   echo "ranks $n: $(tr -d '\n ' < "$OUT/ranks-$n/summary.json")"
 done
-lscpu | grep -E 'Model name' > "$OUT/machine.txt"
+lscpu | grep -E 'Model name|^CPU\(s\)|Flags' > "$OUT/machine.txt"

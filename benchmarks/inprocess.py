@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import read_model_config
+from serving.torchserve import read_model_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,7 +11,8 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from benchmarks.common import git_commit, machine, read_model_config, versions
+from benchmarks.common import git_commit, machine, versions
+from serving.torchserve import read_model_config
 
 ROOT = Path(__file__).resolve().parents[1]
 RATIO_USERS = 32

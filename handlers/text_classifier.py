@@ -240,11 +240,12 @@ class TextClassifierHandler(BaseHandler):
             error = result if isinstance(item, Request) else item
             if isinstance(item, Request) and not isinstance(result, Failure):
                 answer = json.dumps(self._answer(item, result), ensure_ascii=False, separators=(",", ":"))
-                if len(answer.encode("utf-8")) <= self.max_answer_bytes:
+                size = len(answer.encode("utf-8"))
+                if size <= self.max_answer_bytes:
                     answers.append(answer)
                     statuses.append(200)
                     continue
-                error = RequestError(f"the answer would take {len(answer.encode('utf-8'))} bytes; the limit is "
+                error = RequestError(f"the answer would take {size} bytes; the limit is "
                                      f"{self.max_answer_bytes}: ask for a smaller top_k or fewer texts", 413)
             kind = {500: "internal", 503: "overload"}.get(error.status, "validation")
             self.context.set_response_status(error.status, HTTPStatus(error.status).phrase, idx)

@@ -22,17 +22,11 @@ import json
 import sys
 from pathlib import Path
 
-from serving.torchserve import ROOT, TorchServeError, archive
-
-# settings of config.properties that differ in the KServe layout (the rest is copied as it is)
-CHANGED = ("inference_address", "management_address", "metrics_address", "grpc_inference_port",
-           "grpc_management_port", "model_store", "load_models", "model_snapshot", "disable_token_authorization",
-           "enable_envvars_config", "service_envelope")
+from serving.torchserve import ROOT, TorchServeError, archive, read_model_config, write_config
 
 
 def snapshot(name, model_config):
     """model_snapshot for one model, with the workers and batching of its model-config.yaml."""
-    from benchmarks.common import read_model_config
     mc = read_model_config(model_config)
     entry = {"defaultVersion": True, "marName": f"{name}.mar",
              "minWorkers": int(mc.get("minWorkers", 1)), "maxWorkers": int(mc.get("maxWorkers", 1)),
@@ -41,34 +35,25 @@ def snapshot(name, model_config):
     return {"name": "startup.cfg", "modelCount": 1, "models": {name: {"1.0": entry}}}
 
 
-def config_text(name, mount, model_config, ports=(8085, 8085, 8082, 7070, 7071)):
-    """config.properties for the layout mounted at `mount`: inference, management, metrics, gRPC ports."""
+def layout(checkpoint, name, out, mount="/mnt/models", model_config=ROOT / "handlers" / "model-config.yaml",
+           ports=(8085, 8085, 8082, 7070, 7071)):
+    """Write OUT/model-store/NAME.mar and OUT/config/config.properties (the repository's, with the settings
+    above changed) for the storage mounted at `mount`; ports: inference, management, metrics, gRPC inference,
+    gRPC management. -> OUT."""
+    out = Path(out)
+    (out / "config").mkdir(parents=True, exist_ok=True)
+    archive(checkpoint, name, out / "model-store", model_config)
     inference, management, metrics, grpc_inference, grpc_management = ports
-    kept = [line for line in (ROOT / "config.properties").read_text(encoding="utf-8").splitlines()
-            if line.split("=", 1)[0].strip() not in CHANGED]
-    changed = {
+    write_config(out / "config" / "config.properties", f"{mount}/model-store", {
         "inference_address": f"http://127.0.0.1:{inference}",
         "management_address": f"http://127.0.0.1:{management}",
         "metrics_address": f"http://127.0.0.1:{metrics}",
         "grpc_inference_port": str(grpc_inference),
         "grpc_management_port": str(grpc_management),
-        "model_store": f"{mount}/model-store",
         "model_snapshot": json.dumps(snapshot(name, model_config), separators=(",", ":")),
         "disable_token_authorization": "true",
         "enable_envvars_config": "false",
-    }
-    header = ["# KServe layout (python -m serving.kserve): the repository's config.properties, with the",
-              "# settings that runtime needs below; the reasons are in serving/kserve.py."]
-    return "\n".join(header + kept + [f"{k}={v}" for k, v in changed.items()]) + "\n"
-
-
-def layout(checkpoint, name, out, mount="/mnt/models", model_config=ROOT / "handlers" / "model-config.yaml",
-           ports=(8085, 8085, 8082, 7070, 7071)):
-    """Write OUT/model-store/NAME.mar and OUT/config/config.properties; -> OUT."""
-    out = Path(out)
-    (out / "config").mkdir(parents=True, exist_ok=True)
-    archive(checkpoint, name, out / "model-store", model_config)
-    (out / "config" / "config.properties").write_text(config_text(name, mount, model_config, ports), encoding="utf-8")
+    })
     return out
 
 

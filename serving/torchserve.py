@@ -45,6 +45,14 @@ def read_properties(path):
     return dict(line.split("=", 1) for line in lines if "=" in line and not line.lstrip().startswith("#"))
 
 
+def read_model_config(path):
+    """A TorchServe model-config.yaml as a dict, with its handler section as a dict (empty when absent)."""
+    import yaml
+    config = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    config["handler"] = config.get("handler") or {}
+    return config
+
+
 def write_config(path, model_store, overrides=None, base=ROOT / "config.properties"):
     """The repository's config.properties with free loopback ports, this model store and `overrides`.
 

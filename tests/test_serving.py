@@ -13,7 +13,7 @@ import requests
 
 from conftest import PROBE_TEXTS, ROOT
 from textclf.predict import Predictor
-from tsutil import HTTP_TIMEOUT, torchserve
+from tsutil import HTTP_TIMEOUT, module_server
 
 pytestmark = pytest.mark.serving
 
@@ -33,9 +33,7 @@ handler:
 
 @pytest.fixture(scope="module")
 def server(tiny_ckpt, tmp_path_factory):
-    base = tmp_path_factory.mktemp("torchserve")
-    (base / "model-config.yaml").write_text(MODEL_CONFIG)
-    with torchserve(base, {MODEL: tiny_ckpt}, base / "model-config.yaml") as server:
+    with module_server(tmp_path_factory, "torchserve", {MODEL: tiny_ckpt}, MODEL_CONFIG) as server:
         yield server
 
 

@@ -14,7 +14,7 @@ import requests
 from serving.torchserve import read_properties
 from conftest import ROOT
 from textclf.predict import Predictor
-from tsutil import HTTP_TIMEOUT, torchserve
+from tsutil import HTTP_TIMEOUT, module_server
 
 pytestmark = pytest.mark.serving
 
@@ -42,9 +42,7 @@ SENTENCES = ["play some jazz by miles davis", "will it rain in paris tomorrow", 
 
 @pytest.fixture(scope="module")
 def server(snips_glove_ckpt, tmp_path_factory):
-    base = tmp_path_factory.mktemp("torchserve-contract")
-    (base / "model-config.yaml").write_text(MODEL_CONFIG)
-    with torchserve(base, {MODEL: snips_glove_ckpt}, base / "model-config.yaml") as server:
+    with module_server(tmp_path_factory, "torchserve-contract", {MODEL: snips_glove_ckpt}, MODEL_CONFIG) as server:
         yield server
 
 

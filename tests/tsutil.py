@@ -112,3 +112,12 @@ def torchserve(base, checkpoints, model_config, start_timeout=START_TIMEOUT):
         yield _wait_until_serving(launcher, run_dir, config, tmp / ".model_server.pid", list(mars), start_timeout)
     finally:
         stop_torchserve(launcher, env, run_dir)
+
+
+@contextlib.contextmanager
+def module_server(tmp_path_factory, prefix, checkpoints, model_config_text):
+    """torchserve() in a fresh temp folder, with this model-config.yaml: the body of a module's server fixture."""
+    base = tmp_path_factory.mktemp(prefix)
+    (base / "model-config.yaml").write_text(model_config_text)
+    with torchserve(base, checkpoints, base / "model-config.yaml") as server:
+        yield server

@@ -6,6 +6,7 @@ Nothing is pickled, and loading checks every file it reads.
 """
 import json
 import logging
+import os
 import shutil
 import warnings
 from pathlib import Path
@@ -154,9 +155,8 @@ def save_checkpoint(folder, model, tokenizer, labels, metrics=None, train_args=N
 def _exchange(a, b):
     """Atomically swap two paths (Linux renameat2 RENAME_EXCHANGE). False where the system cannot."""
     import ctypes
-    import os
     try:
-        libc = ctypes.CDLL(None, use_errno=True)
+        libc = ctypes.CDLL(None)
         renameat2 = libc.renameat2
     except (OSError, AttributeError):
         return False

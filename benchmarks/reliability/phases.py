@@ -8,9 +8,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from benchmarks.common import read_model_config
 from benchmarks.reliability.logs import scan_logs
-from serving.torchserve import TorchServeError
+from serving.torchserve import TorchServeError, read_model_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
