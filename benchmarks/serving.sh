@@ -2,7 +2,10 @@
 # Serving benchmark: how much of the in-process limit TorchServe delivers, at several user levels.
 # Usage: benchmarks/serving.sh CKPT [--duration 30s] [--levels "1 8 32 64"] [--out results/serving-<timestamp>]
 #            [--model-config handlers/model-config.yaml] [--data data/snips/test.txt]
-#            [--inprocess-seconds DURATION_SECONDS] [--record BENCHMARKS.md] [--note TEXT]
+#            [--inprocess-seconds DURATION_SECONDS] [--record BENCHMARKS.md] [--note TEXT] [--optimized DIR]
+# --optimized DIR: serve CKPT (fp32) and then DIR (python -m train.optimize's --out) one after the other, each as
+# below, into OUT/fp32 and OUT/optimized; benchmarks/serving_compare.py puts them side by side (test accuracy of
+# both too) and prints a last line `optimized/fp32 served ratio R at 32 users`.
 # Steps: (a) benchmarks/inprocess.py: batch-1 latency and batched examples/s of the checkpoint, same
 # sentences, torch threads = cores; (b) archive.sh CKPT bench with --model-config; (c) TorchServe with
 # config.properties on free 127.0.0.1 ports, a private temp dir, PYTHONPATH unset; (d) loadtest/run.sh at
@@ -17,10 +20,10 @@ NAME=bench
 READY_TIMEOUT=300   # seconds for TorchServe to load the model; generous for a busy 2-core machine
 
 [ $# -ge 1 ] || die "usage: serving.sh CKPT [--duration 30s] [--levels \"1 8 32 64\"] [--out DIR] (--help for more)"
-case "$1" in -h|--help) sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
+case "$1" in -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
 CKPT="$1"; shift
 DURATION=30s LEVELS="1 8 32 64" OUT="" MODEL_CONFIG="$ROOT/handlers/model-config.yaml"
-DATA="$ROOT/data/snips/test.txt" INPROCESS_SECONDS="" RECORD="$ROOT/BENCHMARKS.md" NOTE=""
+DATA="$ROOT/data/snips/test.txt" INPROCESS_SECONDS="" RECORD="$ROOT/BENCHMARKS.md" NOTE="" OPTIMIZED=""
 while [ $# -gt 0 ]; do
   [ $# -ge 2 ] || die "$1 needs a value"
   case "$1" in
@@ -32,6 +35,7 @@ while [ $# -gt 0 ]; do
     --inprocess-seconds) INPROCESS_SECONDS="$2" ;;
     --record) RECORD="$2" ;;
     --note) NOTE="$2" ;;
+    --optimized) OPTIMIZED="$2" ;;
     *) die "unknown argument '$1' (--help for usage)" ;;
   esac
   shift 2
@@ -60,6 +64,18 @@ OUT="${OUT:-$ROOT/results/serving-$(date +%Y%m%d-%H%M%S)}"
 if [ -d "$OUT" ] && [ -n "$(ls -A "$OUT")" ]; then die "--out '$OUT' exists and is not empty"; fi
 mkdir -p "$OUT"; OUT="$(cd "$OUT" && pwd)"
 [ -n "$RECORD" ] && RECORD="$(abspath "$RECORD")"
+
+if [ -n "$OPTIMIZED" ]; then
+  [ -f "$OPTIMIZED/labels.json" ] || die "--optimized '$OPTIMIZED' is not a checkpoint folder (no labels.json)"
+  OPTIMIZED="$(cd "$OPTIMIZED" && pwd)"
+  for pair in "fp32=$CKPT" "optimized=$OPTIMIZED"; do
+    echo "==== ${pair%%=*}: ${pair#*=}"
+    "$0" "${pair#*=}" --duration "$DURATION" --levels "$LEVELS" --out "$OUT/${pair%%=*}" \
+      --model-config "$MODEL_CONFIG" --data "$DATA" --inprocess-seconds "$INPROCESS_SECONDS" --record "" --note "$NOTE"
+  done
+  exec "$PY" "$ROOT/benchmarks/serving_compare.py" "$OUT" --fp32 "$CKPT" --optimized "$OPTIMIZED" --data "$DATA" \
+    --command "$COMMAND" --record "$RECORD" --note "$NOTE"
+fi
 LOAD_BEFORE="$(cut -d' ' -f1-3 /proc/loadavg)"
 
 # (a) In-process limit first, while TorchServe is not running.

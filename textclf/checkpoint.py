@@ -8,11 +8,9 @@ import json
 import logging
 import os
 import shutil
-import warnings
 from pathlib import Path
 
 import torch
-from torch import nn
 
 from .config import ModelConfig, check_max_length, load_labels, read_json, save_labels
 from .embeddings import TransformerEmbedding
@@ -49,48 +47,12 @@ def check_folder(folder):
     return config
 
 
-# ---- int8 weights: quantized tensors cannot go into safetensors, so store int8 + scale + zero point
-def quantize(model, scheme="dynamic-int8-per-channel"):
-    """Dynamic int8 of every nn.Linear: per output channel (scheme dynamic-int8-per-channel) or per tensor."""
-    from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig
-    qconfig = per_channel_dynamic_qconfig if scheme == "dynamic-int8-per-channel" else default_dynamic_qconfig
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return torch.ao.quantization.quantize_dynamic(model, {nn.Linear: qconfig}, dtype=torch.qint8)
-
-
-def _quantized_modules(model):
-    return {name: m for name, m in model.named_modules() if hasattr(m, "_packed_params")}
-
-
-def _state_entries(model):
-    """What model.safetensors holds for this model: float tensors, int8 weights with scale and zero point."""
-    qmods = _quantized_modules(model)
-    state = {k: v for k, v in model.state_dict().items()
-             if isinstance(v, torch.Tensor) and not any(k.startswith(q + ".") for q in qmods)}
-    for name, m in qmods.items():
-        w, b = m._weight_bias()
-        state[f"{name}.weight_int8"] = w.int_repr()
-        if w.qscheme() == torch.per_tensor_affine:
-            state[f"{name}.weight_scale"] = torch.tensor(w.q_scale(), dtype=torch.float64)
-            state[f"{name}.weight_zero_point"] = torch.tensor(w.q_zero_point(), dtype=torch.int64)
-        elif w.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric) and w.q_per_channel_axis() == 0:
-            state[f"{name}.weight_scale"] = w.q_per_channel_scales().to(torch.float64)
-            state[f"{name}.weight_zero_point"] = w.q_per_channel_zero_points().to(torch.int64)
-        else:
-            raise CheckpointError(f"{name}: int8 weights quantized as {w.qscheme()} cannot be saved")
-        if b is not None:
-            state[f"{name}.bias"] = b
-    return state
-
-
 def _state_to_save(model):
-    return {k: v.detach().contiguous().clone() for k, v in _state_entries(model).items()}
+    return {k: v.detach().contiguous().clone() for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
 
 
 def _load_state(model, state, path):
-    qmods = _quantized_modules(model)
-    expected = _state_entries(model)
+    expected = {k: v for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
@@ -104,27 +66,7 @@ def _load_state(model, state, path):
              for k, v in expected.items() if state[k].shape != v.shape]
     if wrong:
         raise CheckpointError(f"{path} has tensors of the wrong shape: {'; '.join(wrong[:5])}")
-    if not qmods:
-        model.load_state_dict(state)
-        return
-    # quantized modules cannot take load_state_dict from these entries: copy the float tensors one
-    # by one (keys and shapes were checked above), then set the int8 weights
-    with torch.no_grad():
-        for key, value in state.items():
-            if not any(key.startswith(q + ".") for q in qmods):
-                owner, _, attr = key.rpartition(".")
-                getattr(model.get_submodule(owner), attr).copy_(value)
-    for name, m in qmods.items():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            scale, zero_point = state[f"{name}.weight_scale"], state[f"{name}.weight_zero_point"]
-            if scale.dim() == 0:
-                q = torch._make_per_tensor_quantized_tensor(state[f"{name}.weight_int8"], float(scale),
-                                                            int(zero_point))
-            else:   # one scale per output row
-                q = torch._make_per_channel_quantized_tensor(state[f"{name}.weight_int8"], scale.double(),
-                                                             zero_point.long(), 0)
-        m.set_weight_bias(q, state.get(f"{name}.bias"))
+    model.load_state_dict(state)
 
 
 # ---- save / load
@@ -212,7 +154,7 @@ def build_model(folder, config):
         model = TextClassifier(config, embedding)
     else:
         model = TextClassifier.for_words(config)
-    return quantize(model, config.quantization) if config.quantization else model
+    return model
 
 
 def read_weights(path):
@@ -238,7 +180,4 @@ def load_checkpoint(folder, device="cpu"):
         raise CheckpointError(f"tokenizer/vocab.txt has {len(tokenizer)} words, config.json says vocab_size={config.vocab_size}")
     model = build_model(folder, config)
     _load_state(model, read_weights(folder / WEIGHTS), folder / WEIGHTS)
-    if config.quantization and str(device) != "cpu":
-        log.warning("%s is quantized (%s) and runs on CPU only; ignoring device %s", folder, config.quantization, device)
-        device = "cpu"
     return model.to(device).eval(), tokenizer, labels

@@ -13,9 +13,14 @@ EMBEDDINGS = ("transformer", "glove", "random")
 ENCODER_NAMES = ("cls", "cnn", "densenet-cnn", "densenet-dsa")
 
 
-# int8 weight schemes: one scale per output row (the default of --int8: on SST-2 valid it loses 0.1 point
-# where one scale per matrix loses 1.0), or one per matrix (checkpoints exported before it)
-QUANTIZATIONS = ("", "dynamic-int8-per-channel", "dynamic-int8")
+# int8 exports are ONNX graphs quantized by ONNX Runtime (dynamic: activations scaled per batch), with one
+# weight scale per output row (the default of --int8) or one per matrix. The "-7bit" forms keep weights in
+# 7 bits, for CPUs without VNNI, where ONNX Runtime's AVX2 int8 kernels can overflow 16-bit sums.
+QUANTIZATIONS = ("", "ort-dynamic-int8-per-channel", "ort-dynamic-int8", "ort-dynamic-int8-per-channel-7bit",
+                 "ort-dynamic-int8-7bit")
+# written by exports before int8 moved to ONNX Runtime (torch.ao's quantize_dynamic, deprecated)
+TORCH_QUANTIZATIONS = ("dynamic-int8-per-channel", "dynamic-int8")
+PRECISIONS = ("fp32", "bf16")               # bf16: the forward pass runs under torch.autocast (bfloat16)
 
 
 @dataclasses.dataclass
@@ -42,8 +47,10 @@ class ModelConfig:
     dsa_size: int = 128
     dsa_iterations: int = 3
     # exports: what was done to the trained model (applied by load_checkpoint)
-    quantization: str = ""                  # "" | "dynamic-int8-per-channel" | "dynamic-int8" (per tensor)
+    quantization: str = ""                  # "" or one of QUANTIZATIONS (ONNX runtime only)
     runtime: str = "torch"                  # torch | onnx
+    precision: str = "fp32"                 # fp32 | bf16 (torch runtime)
+    onnx_fusions: bool = False              # ONNX Runtime's transformer fusions applied to model.onnx
     format_version: int = FORMAT_VERSION
 
     def validate(self):
@@ -58,9 +65,19 @@ class ModelConfig:
             raise CheckpointError(
                 f"encoder 'cls' needs a transformer embedding (got {self.embedding!r}); with word embeddings "
                 "use one of: cnn, densenet-cnn, densenet-dsa")
+        if self.quantization in TORCH_QUANTIZATIONS:
+            raise CheckpointError(
+                f"this checkpoint is a PyTorch int8 export ({self.quantization!r}), which this version no longer "
+                "loads: export the float checkpoint again with `python -m train.export --int8` (ONNX Runtime int8)")
         if self.quantization not in QUANTIZATIONS:
             raise CheckpointError(f"unknown quantization {self.quantization!r}; this code reads "
                                   f"{', '.join(repr(q) for q in QUANTIZATIONS)}")
+        if self.quantization and self.runtime != "onnx":
+            raise CheckpointError(f"quantization {self.quantization!r} needs runtime 'onnx', got {self.runtime!r}")
+        if self.precision not in PRECISIONS:
+            raise CheckpointError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        if self.precision != "fp32" and self.runtime != "torch":
+            raise CheckpointError(f"precision {self.precision!r} needs runtime 'torch', got {self.runtime!r}")
         if self.num_labels < 2:
             raise CheckpointError(f"num_labels must be at least 2, got {self.num_labels}")
         if self.max_length < 1:

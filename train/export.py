@@ -1,7 +1,9 @@
-"""python -m train.export --checkpoint CKPT --out DIR [--remove-layers 4,5] [--int8 | --onnx]
+"""python -m train.export --checkpoint CKPT --out DIR [--remove-layers 4,5] [--onnx] [--fuse] [--int8] [--bf16]
 
 Every export is another checkpoint folder that archive.sh and the handler serve as they are; its
-config.json records what was done (removed_layers, quantization, runtime).
+config.json records what was done (removed_layers, runtime, onnx_fusions, quantization, precision).
+--fuse and --int8 imply --onnx: int8 is ONNX Runtime's dynamic quantization of the graph's matrix products.
+`python -m train.optimize` builds these variants, measures them on this CPU and keeps the fastest.
 """
 import argparse
 import copy
@@ -14,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from textclf.checkpoint import load_checkpoint, quantize, save_checkpoint
+from textclf.checkpoint import ONNX_GRAPH, WEIGHTS, check_folder, load_checkpoint, readable, save_checkpoint
 from textclf.embeddings import remove_layers
 from textclf.errors import CheckpointError
 from textclf.predict import Predictor
@@ -37,19 +39,55 @@ def parse_args(argv):
     p.add_argument("--out", required=True, help="new checkpoint folder")
     p.add_argument("--remove-layers", type=layer_list, default=[],
                    help="comma-separated transformer layer indices to drop")
-    kind = p.add_mutually_exclusive_group()
-    kind.add_argument("--int8", action="store_true", help="dynamic int8 quantization of the Linear layers (CPU)")
+    p.add_argument("--onnx", action="store_true", help="an ONNX graph run by onnxruntime")
+    p.add_argument("--fuse", action="store_true",
+                   help="transformers: ONNX Runtime's graph fusions (attention, layer norm, GELU); implies --onnx")
+    p.add_argument("--int8", action="store_true",
+                   help="ONNX Runtime dynamic int8 of the matrix products (CPU); implies --onnx")
     p.add_argument("--int8-scheme", choices=("per-channel", "per-tensor"), default="per-channel",
                    help="--int8: one scale per output row (default; keeps accuracy better) or one per matrix")
-    kind.add_argument("--onnx", action="store_true", help="an ONNX graph run by onnxruntime")
+    p.add_argument("--int8-weights", choices=("auto", "8bit", "7bit"), default="auto",
+                   help="--int8: 7-bit weights avoid the overflow of AVX2's int8 kernels; auto: 7 bit where "
+                        "this CPU has no VNNI")
+    p.add_argument("--bf16", action="store_true",
+                   help="run the PyTorch model under bfloat16 autocast (fast on CPUs with AVX-512 BF16 or AMX)")
     p.add_argument("--opset", type=int, default=17)
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.onnx = args.onnx or args.fuse or args.int8
+    if args.bf16 and args.onnx:
+        p.error("--bf16 applies to the PyTorch runtime; it does not combine with --onnx, --fuse or --int8")
+    return args
+
+
+def cpu_flags():
+    """The CPU's feature flags (/proc/cpuinfo), empty where unreadable."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def has_vnni(flags=None):
+    flags = cpu_flags() if flags is None else flags
+    return bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+def has_bf16(flags=None):
+    flags = cpu_flags() if flags is None else flags
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 def export_onnx(model, tokenizer, out, opset):
     """Trace the model to out/model.onnx with dynamic batch and sequence axes."""
     import warnings
     enc = tokenizer.encode(CHECK_TEXTS[:2], model.config.max_length)
+    if model.config.embedding == "transformer":
+        # the plain attention ops trace into the pattern ONNX Runtime's attention fusion recognises; the
+        # result is the same as with scaled_dot_product_attention
+        model.embedding.model.set_attn_implementation("eager")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
@@ -59,14 +97,61 @@ def export_onnx(model, tokenizer, out, opset):
                           "logits": {0: "batch"}})
 
 
+class quiet_logs:
+    """ONNX Runtime's optimizer and quantizer log every step at INFO, some on the root logger."""
+
+    def __enter__(self):
+        self.levels = {name: logging.getLogger(name).level for name in ("", "onnx_model", "onnx_model_bert",
+                                                                          "fusion_utils")}
+        for name in self.levels:
+            logging.getLogger(name).setLevel(logging.ERROR)
+
+    def __exit__(self, *exc):
+        for name, level in self.levels.items():
+            logging.getLogger(name).setLevel(level)
+
+
+def fuse_onnx(path, backbone):
+    """Rewrite path with ONNX Runtime's transformer fusions -> {fused op: count}."""
+    from onnxruntime.transformers.optimizer import optimize_model
+    with quiet_logs():
+        optimized = optimize_model(str(path), model_type="bert", num_heads=backbone.num_attention_heads,
+                                   hidden_size=backbone.hidden_size)
+        optimized.save_model_to_file(str(path))
+        return {op: n for op, n in optimized.get_fused_operator_statistics().items() if n}
+
+
+def quantize_onnx(path, per_channel=True, reduce_range=False):
+    """Rewrite path with ONNX Runtime's dynamic int8 quantization of MatMul, Attention and Gather weights."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    tmp = path.with_name(path.stem + ".int8.onnx")
+    with quiet_logs():
+        quantize_dynamic(str(path), str(tmp), per_channel=per_channel, reduce_range=reduce_range,
+                         weight_type=QuantType.QInt8, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    tmp.replace(path)
+
+
+def quantization_name(args):
+    seven = args.int8_weights == "7bit" or (args.int8_weights == "auto" and not has_vnni())
+    return "ort-dynamic-int8" + ("-per-channel" if args.int8_scheme == "per-channel" else "") + ("-7bit" if seven else "")
+
+
 def run(args):
     src = Path(args.checkpoint)
     out = Path(args.out)
     if out.resolve() == src.resolve():
         raise CheckpointError("--out must differ from --checkpoint")
+    source_config = check_folder(readable(src))
+    if source_config.runtime != "torch":
+        raise CheckpointError(f"{src} is already an export ({source_config.runtime}"
+                              f"{', ' + source_config.quantization if source_config.quantization else ''}); "
+                              "export from the float checkpoint")
     model, tokenizer, labels = load_checkpoint(src)
-    if model.config.quantization:
-        raise CheckpointError(f"{src} is already quantized; export from the float checkpoint")
+    if model.config.precision != "fp32":
+        raise CheckpointError(f"{src} is a {model.config.precision} export; export from the float checkpoint")
+    if args.fuse and model.config.embedding != "transformer":
+        raise CheckpointError("--fuse needs a transformer checkpoint (word-embedding models have nothing to fuse)")
     reference = Predictor(model, tokenizer, labels, model.config.max_length).predict_proba(CHECK_TEXTS)
     config = copy.deepcopy(model.config)
     drop = args.remove_layers
@@ -78,24 +163,31 @@ def run(args):
         kept = [i for i in range(before) if i not in set(config.removed_layers)]
         remove_layers(model.embedding.model, drop)
         config.removed_layers = sorted(config.removed_layers + [kept[i] for i in drop])
-    if args.int8:
-        config.quantization = "dynamic-int8-per-channel" if args.int8_scheme == "per-channel" else "dynamic-int8"
-        model = quantize(model, config.quantization)
+    if args.bf16:
+        if not has_bf16():
+            log.warning("this CPU has no AVX-512 BF16 or AMX: bf16 runs emulated here, likely slower than fp32")
+        config.precision = "bf16"
     model.config = config
     meta = json.loads((src / "metrics.json").read_text()) if (src / "metrics.json").is_file() else {}
     meta = {"exported_from": str(src), "source_metrics": meta}
     save_checkpoint(out, model, tokenizer, labels, meta)
     if args.onnx:
+        export_onnx(model.eval(), tokenizer, out, args.opset)
+        if args.fuse:
+            meta["onnx_fused_ops"] = fuse_onnx(out / ONNX_GRAPH, model.embedding.model.config)
+            config.onnx_fusions = True
+        if args.int8:
+            config.quantization = quantization_name(args)
+            quantize_onnx(out / ONNX_GRAPH, args.int8_scheme == "per-channel", config.quantization.endswith("-7bit"))
         config.runtime = "onnx"
         config.to_json_file(out / "config.json")
-        export_onnx(model.eval(), tokenizer, out, args.opset)
-        (out / "model.safetensors").unlink()
+        (out / WEIGHTS).unlink()
         shutil.rmtree(out / "transformer", ignore_errors=True)
     exported = Predictor.from_checkpoint(out).predict_proba(CHECK_TEXTS)
     diff = float(np.abs(exported - reference).max())
     meta["max_probability_difference_vs_source"] = diff
     (out / "metrics.json").write_text(json.dumps(meta, indent=2) + "\n")
-    if (args.onnx or not (args.int8 or drop)) and diff > 1e-4:
+    if not (args.int8 or args.bf16 or drop) and diff > 1e-4:
         raise CheckpointError(f"the export disagrees with the source model (max probability difference {diff:.2e})")
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"{out}: {size / 1e6:.1f} MB, max probability difference vs source {diff:.2e}")
