@@ -1,0 +1,279 @@
+"""What the container image runs, run here without Docker: deploy/entrypoint.sh with a private model store,
+config folder (the repository's config.properties and handlers/model-config.yaml, as the ConfigMap carries
+them), key file (as the Secret carries it) and work folder, on free 127.0.0.1 ports, PYTHONPATH unset.
+
+It checks what the Kubernetes manifests rely on: the probes' paths answer without a key, predictions need
+one, a rotated key file takes effect in a running pod, TorchServe's own ports stay on loopback, SIGTERM stops
+everything with status 0, and a TorchServe that dies takes the container down (status 1)."""
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import requests
+
+from serving.torchserve import ROOT, archive, free_ports, read_properties, server_env
+from textclf.predict import Predictor
+
+pytestmark = pytest.mark.serving
+ENTRYPOINT = ROOT / "deploy" / "entrypoint.sh"
+NAME = "toy"
+KEY = secrets.token_hex(32)
+# Another Python environment to run the entrypoint with, e.g. one installed from deploy/requirements-serve.txt
+# alone (what the image installs): TEXTCLF_SERVE_PYTHON=/path/to/venv/bin/python. Default: this one.
+SERVE_PYTHON = os.environ.get("TEXTCLF_SERVE_PYTHON") or sys.executable
+
+
+def group_alive(pgid):
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+class Pod:
+    """One deploy/entrypoint.sh run, in a session (process group) of its own so that nothing outlives it."""
+
+    def __init__(self, base, store, config_dir, env_extra=None):
+        self.base, self.work = base, base / "work"
+        self.keys = base / "keys" / "api-keys"
+        self.keys.parent.mkdir(parents=True, exist_ok=True)
+        self.keys.write_text(f"{KEY}\n")
+        gateway, inference, management, metrics, grpc_i, grpc_m = free_ports(6)
+        self.gateway = f"http://127.0.0.1:{gateway}"
+        self.metrics = f"http://127.0.0.1:{metrics}"
+        self.ports = {"gateway": gateway, "inference": inference, "management": management, "metrics": metrics,
+                      "grpc_inference": grpc_i, "grpc_management": grpc_m}
+        env = server_env(base / "tmp")
+        env["PATH"] = os.pathsep.join([os.path.dirname(SERVE_PYTHON), env["PATH"]])
+        self.env = env | {
+            "MODEL_STORE": str(store), "CONFIG_DIR": str(config_dir), "KEYS_FILE": str(self.keys),
+            "WORK_DIR": str(self.work), "GATEWAY_LISTEN": f"127.0.0.1:{gateway}",
+            "METRICS_ADDRESS": f"http://127.0.0.1:{metrics}", "TS_INFERENCE_PORT": str(inference),
+            "TS_MANAGEMENT_PORT": str(management), "TS_GRPC_INFERENCE_PORT": str(grpc_i),
+            "TS_GRPC_MANAGEMENT_PORT": str(grpc_m), "PYTHON": SERVE_PYTHON, "OMP_NUM_THREADS": "1",
+            **(env_extra or {})}
+        self.log_path = base / "entrypoint.log"
+        self.process = None
+
+    def start(self):
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen([str(ENTRYPOINT)], env=self.env, stdin=subprocess.DEVNULL, stdout=log,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
+        return self
+
+    def wait_ready(self, timeout=180):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self.process.poll() is not None:
+                pytest.fail(f"entrypoint.sh exited with {self.process.returncode}\n{self.log_tail()}")
+            try:
+                if requests.get(f"{self.gateway}/ping", timeout=5).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(1)
+        pytest.fail(f"the gateway's /ping did not answer 200 within {timeout} s\n{self.log_tail()}")
+
+    def log_tail(self):
+        out = [self.log_path.read_text(errors="replace")[-3000:] if self.log_path.is_file() else ""]
+        for name in ("ts_log.log", "model_log.log"):
+            path = self.work / "logs" / name
+            if path.is_file():
+                out.append(f"--- {name}\n" + path.read_text(errors="replace")[-2000:])
+        return "\n".join(out)
+
+    def stop(self):
+        """SIGTERM to the entrypoint, then its process group if anything is left. -> the entrypoint's status."""
+        if self.process is None:
+            return None
+        pgid = self.process.pid
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=90)
+            except subprocess.TimeoutExpired:
+                pass
+        for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+            if not group_alive(pgid):
+                break
+            os.killpg(pgid, sig)
+            end = time.monotonic() + wait
+            while group_alive(pgid) and time.monotonic() < end:
+                time.sleep(0.2)
+        if self.process.poll() is None:
+            self.process.kill()
+        return self.process.wait(timeout=10)
+
+    def auth(self, key=KEY):
+        return {"Authorization": f"Bearer {key}"}
+
+
+@pytest.fixture(scope="module")
+def store_and_config(tiny_ckpt, tmp_path_factory):
+    """A model store with toy.mar (archived with handlers/model-config.yaml) and the config folder the
+    ConfigMap mounts: the repository's config.properties and model-config.yaml, unchanged."""
+    if shutil.which("java") is None:
+        pytest.fail("Java 17 is needed for TorchServe's frontend: run ./setup.sh")
+    base = tmp_path_factory.mktemp("container")
+    store, config_dir = base / "model-store", base / "config"
+    store.mkdir()
+    config_dir.mkdir()
+    archive(tiny_ckpt, NAME, store, ROOT / "handlers" / "model-config.yaml")
+    shutil.copy(ROOT / "config.properties", config_dir / "config.properties")
+    shutil.copy(ROOT / "handlers" / "model-config.yaml", config_dir / "model-config.yaml")
+    return store, config_dir
+
+
+@pytest.fixture(scope="module")
+def pod(store_and_config, tmp_path_factory):
+    store, config_dir = store_and_config
+    p = Pod(tmp_path_factory.mktemp("pod"), store, config_dir).start()
+    try:
+        p.wait_ready()
+        yield p
+    finally:
+        p.stop()
+
+
+def test_only_the_gateway_and_metrics_face_out_and_torchserve_keeps_its_ports_on_loopback(pod):
+    config = read_properties(pod.work / "config.properties")
+    ports = pod.ports
+    assert config["inference_address"] == f"http://127.0.0.1:{ports['inference']}"
+    assert config["management_address"] == f"http://127.0.0.1:{ports['management']}"
+    assert config["grpc_inference_address"] == config["grpc_management_address"] == "127.0.0.1"
+    assert config["disable_token_authorization"] == "true" and config["enable_model_api"] == "false"
+    assert config["allowed_urls"] == "(?!)"
+    import psutil
+    pids = {p.pid for p in psutil.process_iter() if _pgid(p.pid) == pod.process.pid}
+    # Java reports IPv4 sockets in their IPv6 form (::ffff:127.0.0.1)
+    listening = {(c.laddr.ip.removeprefix("::ffff:"), c.laddr.port) for c in psutil.net_connections("inet")
+                 if c.status == psutil.CONN_LISTEN and c.pid in pids}
+    assert {port for _, port in listening} <= set(ports.values()), listening
+    assert {ip for ip, _ in listening} == {"127.0.0.1"}, listening   # the test binds even the outward ones to loopback
+    assert ("127.0.0.1", ports["inference"]) in listening and ("127.0.0.1", ports["management"]) in listening
+
+
+def _pgid(pid):
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
+
+
+def test_predictions_need_the_key_and_answer_as_the_model_does(pod, tiny_ckpt):
+    texts = ["will it rain tomorrow", "play some jazz"]
+    url = f"{pod.gateway}/predictions/{NAME}"
+    r = requests.post(url, json={"texts": texts}, timeout=30)
+    assert r.status_code == 401 and r.json()["error_type"] == "authentication"
+    r = requests.post(url, json={"texts": texts}, headers=pod.auth("x" * 64), timeout=30)
+    assert r.status_code == 401
+    r = requests.post(url, json={"texts": texts}, headers=pod.auth(), timeout=30)
+    assert r.status_code == 200, r.text
+    expected = Predictor.from_checkpoint(tiny_ckpt).predict(texts, top_k=1)
+    assert [p["label"] for p in r.json()["predictions"]] == [e["label"] for e in expected]
+    body = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["rain"]}]}
+    r = requests.post(f"{pod.gateway}/v2/models/{NAME}/infer", json=body, headers=pod.auth(), timeout=30)
+    assert r.status_code == 200 and r.json()["model_name"] == NAME, r.text
+    # the handler's own refusals pass through the gateway unchanged
+    r = requests.post(url, json={"text": ""}, headers=pod.auth(), timeout=30)
+    assert r.status_code == 400 and r.json()["error_type"] == "validation"
+
+
+def test_the_probes_answer_without_a_key(pod):
+    r = requests.get(f"{pod.gateway}/ping", timeout=10)
+    assert r.status_code == 200 and r.json() == {"status": "Healthy"}
+    r = requests.get(f"{pod.gateway}/live", timeout=10)
+    assert r.status_code == 200 and r.json() == {"status": "alive", "torchserve_ping": 200}
+    r = requests.get(f"{pod.metrics}/metrics", timeout=10)     # what Prometheus scrapes: no key in 0.12
+    assert r.status_code == 200 and "ts_inference_requests_total" in r.text
+
+
+def test_the_management_api_is_not_behind_the_gateway(pod):
+    r = requests.get(f"{pod.gateway}/models", headers=pod.auth(), timeout=10)
+    assert r.status_code != 200 or "models" not in r.text, r.text
+    r = requests.post(f"{pod.gateway}/models?url={NAME}.mar", headers=pod.auth(), timeout=10)
+    assert r.status_code in (400, 404, 405), r.text
+
+
+def test_a_rotated_key_file_takes_effect_in_the_running_pod(pod):
+    new = secrets.token_hex(32)
+    staged = pod.keys.with_suffix(".new")
+    staged.write_text(f"{KEY}\n{new}\n")
+    os.replace(staged, pod.keys)
+    time.sleep(1.5)      # the gateway looks at the file at most once a second
+    url = f"{pod.gateway}/predictions/{NAME}"
+    assert requests.post(url, data=b"rain", headers=pod.auth(new) | {"Content-Type": "text/plain"},
+                         timeout=30).status_code == 200
+    staged.write_text(f"{new}\n")
+    os.replace(staged, pod.keys)
+    time.sleep(1.5)
+    assert requests.post(url, data=b"rain", headers=pod.auth() | {"Content-Type": "text/plain"},
+                         timeout=30).status_code == 401
+    staged.write_text(f"{KEY}\n")
+    os.replace(staged, pod.keys)
+    time.sleep(1.5)
+
+
+def test_sigterm_stops_the_gateway_and_torchserve_with_status_0(pod):
+    pgid = pod.process.pid
+    assert pod.stop() == 0, pod.log_tail()
+    assert not group_alive(pgid), "processes of the entrypoint outlived it"
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{pod.gateway}/ping", timeout=5)
+    assert "stopping (signal)" in pod.log_path.read_text()
+
+
+def test_a_torchserve_that_cannot_start_takes_the_container_down(store_and_config, tmp_path):
+    """TorchServe's inference port already taken: the frontend gives up, `torchserve --foreground` returns 0
+    regardless, and the entrypoint must end with 1 and stop the gateway."""
+    import socket
+    store, config_dir = store_and_config
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        p = Pod(tmp_path, store, config_dir, {"TS_INFERENCE_PORT": str(taken.getsockname()[1])})
+        p.start()
+        try:
+            code = p.process.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            code = None
+        finally:
+            final = p.stop()
+    assert code == 1 and final == 1, p.log_tail()
+    assert "TorchServe ended by itself" in p.log_path.read_text()
+
+
+@pytest.mark.parametrize("problem", ["no key file", "placeholder key", "other model-config", "empty store"])
+def test_unusable_settings_stop_before_anything_starts(store_and_config, tmp_path, problem):
+    import yaml
+    store, config_dir = store_and_config
+    p = Pod(tmp_path, store, config_dir)
+    expected = {"no key file": "cannot read the key file", "placeholder key": "no usable key",
+                "other model-config": "was packed with another model-config.yaml than", "empty store": "no .mar file"}
+    if problem == "no key file":
+        p.keys.unlink()
+    elif problem == "placeholder key":
+        p.keys.write_text("replace-me\n")
+    elif problem == "other model-config":
+        other = tmp_path / "config"
+        other.mkdir()
+        shutil.copy(config_dir / "config.properties", other)
+        settings = yaml.safe_load((config_dir / "model-config.yaml").read_text())
+        settings["minWorkers"] = settings["maxWorkers"] = int(settings.get("maxWorkers", 1)) + 2
+        (other / "model-config.yaml").write_text(yaml.safe_dump(settings))
+        p.env["CONFIG_DIR"] = str(other)
+    else:
+        (tmp_path / "empty").mkdir()
+        p.env["MODEL_STORE"] = str(tmp_path / "empty")
+    p.start()
+    code = p.process.wait(timeout=60)
+    log = p.log_path.read_text()
+    assert p.stop() == code == 2, log
+    assert expected[problem] in log, log
+    assert not (p.work / "logs").exists(), "TorchServe was started anyway"
