@@ -1,6 +1,6 @@
-"""One real TorchServe serving five small models at once, each archived with ./archive.sh from a checkpoint
-made in this test run: GloVe (a text file) + CNN, random + DenseNet-DSA, tiny BERT + CNN, and the int8
-and ONNX exports of the tiny BERT + CLS model. Every one answers as the in-process Predictor does, and
+"""One real TorchServe serving six small models at once, each archived with ./archive.sh from a checkpoint
+made in this test run: GloVe (a text file) + CNN, random + DenseNet-DSA, tiny BERT + CNN, and three exports
+of the tiny BERT + CLS model: ONNX Runtime int8 of the fused graph, plain ONNX, and PyTorch bf16. Every one answers as the in-process Predictor does, and
 refuses a bad request without harm. The same handler serves them all, with no per-variant branches.
 """
 from concurrent.futures import ThreadPoolExecutor
@@ -45,8 +45,9 @@ def checkpoints(tmp_path_factory, toy_data_dir, tiny_bert_dir, tiny_ckpt, glove_
                             ["--embedding-dim", "16", "--densenet-layers", "2", "--densenet-growth", "8",
                              "--dsa-iterations", "2"]),
         "bert-cnn": train(toy_data_dir, base / "bert-cnn", tiny_bert_dir, "cnn", ["--num-filters", "8"]),
-        "bert-int8": exported(tiny_ckpt, "--int8"),
+        "bert-int8": exported(tiny_ckpt, "--fuse", "--int8"),
         "bert-onnx": exported(tiny_ckpt, "--onnx"),
+        "bert-bf16": exported(tiny_ckpt, "--bf16"),
     }
 
 
@@ -54,7 +55,7 @@ def checkpoints(tmp_path_factory, toy_data_dir, tiny_bert_dir, tiny_ckpt, glove_
 def server(checkpoints, tmp_path_factory):
     base = tmp_path_factory.mktemp("torchserve-variants")
     (base / "model-config.yaml").write_text(MODEL_CONFIG)
-    # five workers start side by side on two shared cores: allow for it
+    # six workers start side by side on two shared cores: allow for it
     with torchserve(base, checkpoints, base / "model-config.yaml", start_timeout=300) as server:
         yield server
 
@@ -64,7 +65,7 @@ def predictors(checkpoints):
     return {name: Predictor.from_checkpoint(folder) for name, folder in checkpoints.items()}
 
 
-NAMES = ["glove-cnn", "random-dsa", "bert-cnn", "bert-int8", "bert-onnx"]
+NAMES = ["glove-cnn", "random-dsa", "bert-cnn", "bert-int8", "bert-onnx", "bert-bf16"]
 
 
 def test_every_model_is_registered_with_one_ready_worker(server, checkpoints):
@@ -90,9 +91,10 @@ def test_answers_equal_the_in_process_predictor(server, predictors, name):
     def send(text):
         return server.predict("application/json", json_body={"text": text}, model=name)
 
-    if name == "bert-int8":
-        # Dynamic int8 scales activations per forward pass, over the whole padded batch: a text's
-        # probabilities move (~1e-3) with its batch mates, so compare batches of one.
+    if name in ("bert-int8", "bert-bf16"):
+        # Dynamic int8 scales activations per forward pass, over the whole padded batch, and bfloat16 rounds
+        # differently at another padded length: a text's probabilities move (~1e-3) with its batch mates,
+        # so compare batches of one.
         responses = [send(text) for text in TEXTS]
     else:
         # Sent together, so the worker also runs padded batches of mixed lengths.
