@@ -95,4 +95,4 @@ def test_a_rerun_moves_the_earlier_run_aside(tmp_path, monkeypatch, tiny_ckpt, t
     assert not (runs / "toy-int8" / "metrics.jsonl").exists()
     assert (runs / "toy-int8" / "checkpoint-best" / "config.json").is_file()
     [row] = json.loads((tmp_path / "results" / "accuracy.json").read_text())["results"]
-    assert row["name"] == "toy-int8" and row["variant"] == "int8 per-channel export"
+    assert row["name"] == "toy-int8" and row["variant"] == "ONNX Runtime int8 per-channel export"
