@@ -43,6 +43,13 @@ class TextClassifierHandler(BaseHandler):
         cores = self._usable_cores()
         threads = int(settings.get("torch_threads", 0)) or max(1, cores // workers)
         torch.set_num_threads(threads)
+        # One thread pool per worker, no larger than its share: the fast tokenizer's (rayon, sized on first
+        # use) and torch's inter-op pool (the forward pass has no parallel branches to run on it).
+        os.environ.setdefault("RAYON_NUM_THREADS", str(threads))
+        try:
+            torch.set_num_interop_threads(1)
+        except RuntimeError:   # already set in this process (only possible before any parallel work)
+            pass
         # A TorchServe batch of this many texts or more (a request of many texts) may use the cores that
         # nothing else runs on: one request goes to one worker, which at cores / workers threads would leave
         # the other cores idle when the other workers are.
@@ -51,6 +58,8 @@ class TextClassifierHandler(BaseHandler):
         gpu = props.get("gpu_id")
         device = f"cuda:{gpu}" if gpu is not None and torch.cuda.is_available() else "cpu"
         self.predictor = Predictor.from_checkpoint(props["model_dir"], device, threads)
+        self.predictor.pass_overhead_tokens = int(settings.get("pass_overhead_tokens",
+                                                               self.predictor.pass_overhead_tokens))
         self.top_k = min(int(settings.get("top_k", 3)), len(self.predictor.labels))
         model = (getattr(context, "manifest", None) or {}).get("model", {})
         self.model_name = model.get("modelName") or getattr(context, "model_name", "model")
@@ -265,7 +274,7 @@ class TextClassifierHandler(BaseHandler):
             metrics.add_counter(METRIC_PREFIX + "requests_total", statuses.count(status), None,
                                 [Dimension("outcome", outcome), Dimension("status", str(status))])
         metrics.add_counter(METRIC_PREFIX + "batches_total", 1, None, [])
-        for key in ("forward_passes", "texts", "tokens"):
+        for key in ("forward_passes", "texts", "tokens", "padded_tokens"):
             if stats.get(key):
                 metrics.add_counter(f"{METRIC_PREFIX}{key}_total", stats[key], None, [])
         for key in ("tokenize_ms", "forward_ms"):

@@ -80,6 +80,34 @@ def test_same_probabilities_alone_and_in_a_padded_batch(built):
     np.testing.assert_allclose(batch.sum(axis=1), 1.0, atol=1e-5)
 
 
+@pytest.mark.parametrize("lengths, max_texts, overhead, want", [
+    ([5] * 6, 4, 64, [[0, 1, 2, 3], [4, 5]]),                          # similar lengths: by count only
+    ([5] * 15 + [500], 64, 64, [list(range(15)), [15]]),               # one document among sentences
+    ([5] * 15 + [500], 64, 0, [list(range(16))]),                      # 0: never split by length
+    ([10, 12, 14, 200, 210, 220], 64, 64, [[0, 1, 2], [3, 4, 5]]),     # two length classes
+    ([10, 11], 64, 64, [[0, 1]]),                                      # 1 token of padding: one pass
+    ([], 8, 64, []),
+])
+def test_passes_split_by_count_and_by_padding(lengths, max_texts, overhead, want):
+    from textclf.predict import passes
+    assert passes(lengths, max_texts, overhead) == want
+
+
+@pytest.mark.parametrize("built", [("transformer", "cls"), ("glove", "cnn")], indirect=True)
+def test_mixed_lengths_run_in_separate_passes_with_the_same_probabilities(built):
+    model, tokenizer = built
+    predictor = Predictor(model, tokenizer, LABELS, max_length=32)
+    texts = ["jazz"] * 6 + [" ".join(["play some music by the band"] * 8)]   # 1-2 tokens vs 32
+    stats_split, stats_one = {}, {}
+    split = predictor.predict_proba(texts, batch_size=16, stats=stats_split)
+    predictor.pass_overhead_tokens = 0
+    one = predictor.predict_proba(texts, batch_size=16, stats=stats_one)
+    np.testing.assert_allclose(split, one, atol=1e-5)
+    assert (stats_one["forward_passes"], stats_split["forward_passes"]) == (1, 2)
+    assert stats_split["tokens"] == stats_one["tokens"] == stats_split["padded_tokens"]   # no padding left
+    assert stats_one["padded_tokens"] == 7 * 32 > stats_split["tokens"]
+
+
 @pytest.mark.parametrize("built", cases(), indirect=True)
 def test_checkpoint_round_trip_gives_the_same_probabilities(built, tmp_path):
     model, tokenizer = built

@@ -11,6 +11,28 @@ from .errors import CheckpointError
 from .tokenization import load_tokenizer
 
 log = logging.getLogger(__name__)
+TOKENIZE_CHUNK = 1024   # texts tokenized in one call (bounds the padded id matrix of a large evaluation)
+# What one more forward pass costs, in padded token positions: a pass is split where the padding that the
+# next (longer) text adds to the texts before it would cost more than that. 0: split by count only.
+PASS_OVERHEAD_TOKENS = 64
+
+
+def passes(lengths, max_texts, overhead_tokens=PASS_OVERHEAD_TOKENS):
+    """Split ascending token lengths into runs of at most max_texts: [[0, 1, 2], [3], ...] (positions).
+
+    A run closes when it is full, or when the next text would pad the k texts before it by more than
+    overhead_tokens in all (k * (next length - current length)): a separate pass is then cheaper than the
+    padding. With texts of similar length this is one run per max_texts texts, as before."""
+    runs, current = [], []
+    for i, length in enumerate(lengths):
+        if current and (len(current) >= max_texts or
+                        (overhead_tokens and len(current) * (length - lengths[current[-1]]) > overhead_tokens)):
+            runs.append(current)
+            current = []
+        current.append(i)
+    if current:
+        runs.append(current)
+    return runs
 
 
 class _OnnxModel:
@@ -39,6 +61,7 @@ class Predictor:
     def __init__(self, model, tokenizer, labels, max_length, device="cpu", precision="fp32"):
         self.model, self.tokenizer, self.labels = model, tokenizer, labels
         self.max_length, self.device = max_length, torch.device(device)
+        self.pass_overhead_tokens = PASS_OVERHEAD_TOKENS
         # bf16: matrix products in bfloat16 (autocast keeps softmax and layer norms in float32); pays on
         # CPUs with AVX-512 BF16 or AMX, and on GPUs
         self.precision = precision
@@ -69,28 +92,38 @@ class Predictor:
 
     @torch.inference_mode()
     def predict_proba(self, texts, batch_size=64, stats=None):
-        """Softmax probabilities (N, num_labels) as float32 numpy. Texts are batched in length order, so that
-        texts of very different lengths do not pad each other. stats, a dict, gets the work added to it:
-        forward_passes, texts, tokens (not counting padding), tokenize_ms, forward_ms."""
+        """Softmax probabilities (N, num_labels) as float32 numpy.
+
+        Texts are tokenized together (in chunks of TOKENIZE_CHUNK, by character length), then forwarded in
+        passes of at most batch_size texts of similar token length (passes()), so that a long text does not
+        pad short ones up to its length. stats, a dict, gets the work added to it: forward_passes, texts,
+        tokens (not counting padding), padded_tokens (counting it), tokenize_ms, forward_ms."""
         texts = list(texts)
-        if not texts:
-            return np.zeros((0, len(self.labels)), dtype=np.float32)
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         out = np.empty((len(texts), len(self.labels)), dtype=np.float32)
-        for start in range(0, len(texts), batch_size):
-            idx = order[start: start + batch_size]
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        for start in range(0, len(texts), TOKENIZE_CHUNK):
+            chunk = order[start: start + TOKENIZE_CHUNK]
             started = time.perf_counter()
-            inputs = self.encode([texts[i] for i in idx])
-            encoded = time.perf_counter()
-            logits = self.forward(inputs)
-            out[idx] = logits.float().softmax(dim=-1).cpu().numpy()
-            if stats is not None:
-                for key, value in (("forward_passes", 1), ("texts", len(idx)),
-                                   ("tokens", int(inputs["attention_mask"].sum())),
-                                   ("tokenize_ms", (encoded - started) * 1e3),
-                                   ("forward_ms", (time.perf_counter() - encoded) * 1e3)):
-                    stats[key] = stats.get(key, 0) + value
+            encoded = self.tokenizer.encode([texts[i] for i in chunk], self.max_length)
+            lengths = encoded["attention_mask"].sum(dim=1).tolist()
+            by_length = sorted(range(len(chunk)), key=lengths.__getitem__)
+            self._add(stats, tokenize_ms=(time.perf_counter() - started) * 1e3)
+            for group in passes([lengths[i] for i in by_length], batch_size, self.pass_overhead_tokens):
+                rows = [by_length[i] for i in group]
+                width = max(lengths[i] for i in rows)
+                inputs = {k: v[rows, :width].to(self.device) for k, v in encoded.items()}
+                started = time.perf_counter()
+                logits = self.forward(inputs)
+                out[[chunk[i] for i in rows]] = logits.float().softmax(dim=-1).cpu().numpy()
+                self._add(stats, forward_passes=1, texts=len(rows), tokens=sum(lengths[i] for i in rows),
+                          padded_tokens=width * len(rows), forward_ms=(time.perf_counter() - started) * 1e3)
         return out
+
+    @staticmethod
+    def _add(stats, **work):
+        if stats is not None:
+            for key, value in work.items():
+                stats[key] = stats.get(key, 0) + value
 
     def top_k(self, probs, k):
         """[{label, score, top_k: [{label, score}, ...]}] for each row of probabilities."""
