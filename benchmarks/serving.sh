@@ -160,6 +160,9 @@ for u in "${LEVEL_LIST[@]}"; do
   [ "$rc" -le 1 ] || die "the load test at $u users failed (exit $rc); see $OUT/users-$u/locust.log"
 done
 
+# TorchServe's own metrics over the whole run (queue time, the handler's textclf_* counters)
+curl -s --max-time 30 "http://127.0.0.1:$P_MET/metrics" > "$OUT/metrics.txt" || echo "serving.sh: no metrics scraped" >&2
+
 # (e) Stop before reporting, so the report does not compete with an idle server.
 stop_torchserve
 LOAD_AFTER="$(cut -d' ' -f1-3 /proc/loadavg)"

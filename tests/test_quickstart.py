@@ -1,10 +1,13 @@
 """./quickstart.sh end to end, training skipped (a checkpoint is already in place, as on a second run): it
-packs, starts TorchServe on 127.0.0.1:8080, answers the curl, and stops only the TorchServe it started: a
-TorchServe the user already runs (another temp folder, other ports) keeps serving through it all.
+picks the optimized variant, packs it, starts TorchServe on 127.0.0.1:8080, answers the curl, and stops only
+the TorchServe it started: a TorchServe the user already runs (another temp folder, other ports) keeps serving
+through it all. A second run with --fp32 serves the float checkpoint instead.
 
-Runs in a copy of the scripts and model code with the tiny fixture model; needs port 8080 free.
+Runs in a copy of the scripts and model code with the tiny fixture model, and the toy data it was trained on
+in place of data/snips (train.optimize measures accuracy on its valid split); needs port 8080 free.
 """
 import hashlib
+import json
 import os
 import shutil
 import socket
@@ -20,7 +23,7 @@ from tsutil import torchserve
 
 pytestmark = pytest.mark.serving
 FILES = ["quickstart.sh", "setup.sh", "archive.sh", "requirements.txt", "pyproject.toml", "config.properties",
-         "handlers", "textclf"]
+         "handlers", "textclf", "train", "serving", "benchmarks"]
 MODEL_CONFIG = "minWorkers: 1\nmaxWorkers: 1\nbatchSize: 4\nmaxBatchDelay: 5\nresponseTimeout: 30\n" \
                "handler:\n  torch_threads: 1\n"
 
@@ -31,7 +34,7 @@ def port_taken(port):
 
 
 @pytest.fixture
-def repo_copy(tmp_path, tiny_ckpt):
+def repo_copy(tmp_path, tiny_ckpt, toy_data_dir):
     # The copy shares this checkout's .venv: its setup.sh must find the venv up to date, or it would install
     # the copy (editable) into it.
     stamp = ROOT / ".venv" / ".requirements.sha256"
@@ -44,6 +47,7 @@ def repo_copy(tmp_path, tiny_ckpt):
         (shutil.copytree if (ROOT / name).is_dir() else shutil.copy2)(ROOT / name, repo / name)
     (repo / ".venv").symlink_to(ROOT / ".venv")
     shutil.copytree(tiny_ckpt, repo / "runs" / "snips-minilm-cls" / "checkpoint-best")
+    shutil.copytree(toy_data_dir, repo / "data" / "snips")
     (repo / "handlers" / "model-config.yaml").write_text(MODEL_CONFIG)
     yield repo
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"TMPDIR": str(private_tmp(repo))}
@@ -58,12 +62,12 @@ def private_tmp(repo):
     return Path(f"/tmp/textclf-ts-{os.getuid()}-{digest}")
 
 
-def quickstart(repo):
+def quickstart(repo, *args):
     """-> (exit code, what it printed). Output goes to a file: a server left running must not hold our pipe."""
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "TMPDIR")}
     log = repo / "quickstart.log"
     with open(log, "w") as out:
-        rc = subprocess.run(["bash", "quickstart.sh"], cwd=repo, env=env, stdout=out, stderr=subprocess.STDOUT,
+        rc = subprocess.run(["bash", "quickstart.sh", *args], cwd=repo, env=env, stdout=out, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, timeout=400).returncode
     return rc, log.read_text()
 
@@ -78,12 +82,18 @@ def test_quickstart_serves_and_stops_only_its_own_torchserve(repo_copy, tiny_ckp
         rc, out = quickstart(repo_copy)
         assert rc == 0, out[-4000:]
         assert '"label"' in out and "expires" in out
+        optimized = repo_copy / "runs" / "snips-minilm-cls" / "optimized"
+        chosen = json.loads((optimized / "optimize.json").read_text())["chosen"]
+        assert f"== serving {chosen} (table: runs/snips-minilm-cls/optimized/optimize.md" in out
+        assert "== packaging runs/snips-minilm-cls/optimized" in out
         assert theirs.predict(data=b"rain").status_code == 200
-        # a second run stops the first run's server (its own) and serves again
-        rc, out = quickstart(repo_copy)
+        # a second run stops the first run's server (its own) and serves again, the float checkpoint this time
+        rc, out = quickstart(repo_copy, "--fp32")
         assert rc == 0, out[-4000:]
         assert "stopping the TorchServe an earlier ./quickstart.sh started" in out and '"label"' in out
+        assert "== packaging runs/snips-minilm-cls/checkpoint-best" in out and "choosing the fastest" not in out
         assert theirs.predict(data=b"rain").status_code == 200
+        assert quickstart(repo_copy, "--gpu")[0] == 2   # an unknown flag: usage, nothing started
         # the stop command it prints stops it, and only it
         assert f"TMPDIR={private_tmp(repo_copy)} .venv/bin/torchserve --stop" in out
         env = server_env(private_tmp(repo_copy))
