@@ -50,7 +50,9 @@ def metric_sums(text):
 
 def measure(checkpoint, delay, texts, model_config, work):
     import requests
-    config = re.sub(r"(?m)^maxBatchDelay: *\d+", f"maxBatchDelay: {delay}", model_config.read_text())
+    config, found = re.subn(r"(?m)^maxBatchDelay: *\d+", f"maxBatchDelay: {delay}", model_config.read_text())
+    if found != 1:
+        raise SystemExit(f"{model_config}: expected one 'maxBatchDelay:' line, found {found}")
     (work / "model-config.yaml").write_text(config)
     store = work / "store"
     store.mkdir()

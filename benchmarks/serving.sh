@@ -60,14 +60,16 @@ done
 PY="$ROOT/.venv/bin/python"; TORCHSERVE="$ROOT/.venv/bin/torchserve"
 [ -x "$TORCHSERVE" ] || die "$TORCHSERVE not found: run ./setup.sh first"
 
+if [ -n "$OPTIMIZED" ]; then
+  [ -f "$OPTIMIZED/labels.json" ] || die "--optimized '$OPTIMIZED' is not a checkpoint folder (no labels.json)"
+  OPTIMIZED="$(cd "$OPTIMIZED" && pwd)"
+fi
 OUT="${OUT:-$ROOT/results/serving-$(date +%Y%m%d-%H%M%S)}"
 if [ -d "$OUT" ] && [ -n "$(ls -A "$OUT")" ]; then die "--out '$OUT' exists and is not empty"; fi
 mkdir -p "$OUT"; OUT="$(cd "$OUT" && pwd)"
 [ -n "$RECORD" ] && RECORD="$(abspath "$RECORD")"
 
 if [ -n "$OPTIMIZED" ]; then
-  [ -f "$OPTIMIZED/labels.json" ] || die "--optimized '$OPTIMIZED' is not a checkpoint folder (no labels.json)"
-  OPTIMIZED="$(cd "$OPTIMIZED" && pwd)"
   for pair in "fp32=$CKPT" "optimized=$OPTIMIZED"; do
     echo "==== ${pair%%=*}: ${pair#*=}"
     "$0" "${pair#*=}" --duration "$DURATION" --levels "$LEVELS" --out "$OUT/${pair%%=*}" \

@@ -10,7 +10,6 @@ TorchServe takes the one class this module defines as the handler: helpers live 
 import fcntl
 import json
 import logging
-import math
 import os
 import tempfile
 import time
@@ -22,7 +21,7 @@ from ts.torch_handler.base_handler import BaseHandler
 
 from textclf.explain import explain, words
 from textclf.inputs import Failure, Limits, Request, RequestError, parse_request
-from textclf.predict import Predictor
+from textclf.predict import Predictor, usable_cores
 
 log = logging.getLogger(__name__)
 WARMUP_TEXTS = ["warm up", "a slightly longer sentence to warm up the model before traffic arrives"]
@@ -40,7 +39,7 @@ class TextClassifierHandler(BaseHandler):
         self.max_batch_tokens = int(settings.get("max_batch_tokens", 32768))
         self.max_answer_bytes = int(settings.get("max_answer_bytes", 1000000))
         workers = int(yaml_config.get("minWorkers", 1) or 1)
-        cores = self._usable_cores()
+        cores = usable_cores()
         threads = int(settings.get("torch_threads", 0)) or max(1, cores // workers)
         torch.set_num_threads(threads)
         # One thread pool per worker, no larger than its share: the fast tokenizer's (rayon, sized on first
@@ -69,19 +68,6 @@ class TextClassifierHandler(BaseHandler):
         self.initialized = True
         log.info("loaded %s on %s with %d torch threads, %d labels, in %.1fs", props["model_dir"], device,
                  threads, len(self.predictor.labels), time.time() - started)
-
-    @staticmethod
-    def _usable_cores():
-        """The cores this worker may run on: its CPU affinity, bounded by a cgroup v2 CPU quota (containers)."""
-        cores = len(os.sched_getaffinity(0))
-        try:
-            with open("/sys/fs/cgroup/cpu.max", encoding="ascii") as f:
-                quota, period = f.read().split()[:2]
-            if quota != "max":
-                cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
-        except (OSError, ValueError):
-            pass
-        return cores
 
     def _is_explain(self):
         # BaseHandler reads request 0's "explain" header for the whole batch, but TorchServe batches

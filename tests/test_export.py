@@ -127,7 +127,7 @@ def test_int8_weight_scales_follow_the_scheme(exported, source):
     _, tensor_scales = int8_weights(per_tensor)
     weight_scales = {n: s for n, s in tensor_scales.items() if n.replace("_scale", "") in weights
                      or n.replace("_scale", "_quantized") in weights}
-    assert all(s in ((), (1,)) for s in weight_scales.values()), weight_scales
+    assert weight_scales and all(s in ((), (1,)) for s in weight_scales.values()), tensor_scales
     expected = reference.predict_proba(TOY_TEXTS)
     errors = {name: np.abs(load(out).predict_proba(TOY_TEXTS) - expected).max()
               for name, out in (("tensor", per_tensor), ("channel", per_channel))}
@@ -275,7 +275,7 @@ def test_bf16_with_onnx_is_refused_by_argparse(tiny_ckpt, tmp_path, capsys, othe
 def test_exporting_an_export_exits_2(exported, tiny_ckpt, tmp_path, caplog, capfd, made_with, flags, says):
     source = exported(tiny_ckpt, *made_with)
     rc, text = run_failing_cli(main, capfd, caplog, ["--checkpoint", str(source), "--out", str(tmp_path / "out"), *flags])
-    assert rc == 2
+    assert rc == 2, text
     assert says in text and "export from the float checkpoint" in text
     assert not (tmp_path / "out").exists()
 
@@ -327,3 +327,23 @@ def test_remove_layers_that_are_not_integers_are_refused_by_argparse(tiny_ckpt, 
     assert exit_.value.code == 2
     assert "expected comma-separated integers, got '1,a'" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_a_failing_onnx_runtime_step_leaves_no_export(tiny_ckpt, tmp_path, caplog, capfd, monkeypatch):
+    import train.export as export
+
+    def broken(*args):
+        raise ValueError("no pattern matched")
+    monkeypatch.setattr(export, "quantize_onnx", broken)
+    out = tmp_path / "int8"
+    rc, text = run_failing_cli(main, capfd, caplog, ["--checkpoint", str(tiny_ckpt), "--out", str(out), "--int8"])
+    assert rc == 2 and "ONNX Runtime could not quantize the graph: ValueError: no pattern matched" in text
+    assert not out.exists() and list(tmp_path.iterdir()) == []   # no half export, no staging folder
+
+
+def test_left_padding_tokenizer_settings_do_not_change_predictions(source):
+    folder, reference = source["transformer-cls"]
+    predictor = load(folder)
+    predictor.tokenizer.tokenizer.padding_side = "left"   # as a tokenizer_config.json may say
+    np.testing.assert_allclose(predictor.predict_proba(TEXTS, batch_size=len(TEXTS)),
+                               reference.predict_proba(TEXTS), atol=1e-5)

@@ -101,17 +101,58 @@ def test_optimizing_an_export_exits_2(exported, tiny_ckpt, toy_data_dir, tmp_pat
     assert not (tmp_path / "out").exists()
 
 
-def test_out_inside_the_checkpoint_exits_2(ckpt_copy, toy_data_dir, caplog, capfd):
+@pytest.mark.parametrize("where", ["inside", "above", "same"])
+def test_out_inside_or_above_the_checkpoint_exits_2_and_deletes_nothing(ckpt_copy, toy_data_dir, caplog, capfd,
+                                                                        where):
+    out = {"inside": ckpt_copy / "optimized", "above": ckpt_copy.parent, "same": ckpt_copy}[where]
+    before = sorted(p.name for p in ckpt_copy.iterdir())
     rc, text = run_failing_cli(main, capfd, caplog, ["--checkpoint", str(ckpt_copy), "--data", str(toy_data_dir),
-                                                     "--out", str(ckpt_copy / "optimized")])
-    assert rc == 2 and "--out must be a folder of its own" in text
-    assert not (ckpt_copy / "optimized").exists()
+                                                     "--out", str(out)])
+    assert rc == 2 and "must be a folder of its own" in text
+    assert sorted(p.name for p in ckpt_copy.iterdir()) == before
 
 
-def test_a_missing_valid_split_exits_2_naming_the_folder(tiny_ckpt, tmp_path, caplog, capfd):
-    rc, text = run_failing_cli(main, capfd, caplog, ["--checkpoint", str(tiny_ckpt), "--data", str(tmp_path),
-                                                     "--out", str(tmp_path / "out")])
-    assert rc == 2 and "no valid.txt or valid.tsv here" in text and str(tmp_path) in text
+def test_an_unrelated_existing_out_folder_is_not_replaced(tiny_ckpt, toy_data_dir, tmp_path, caplog, capfd):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    rc, text = run_failing_cli(main, capfd, caplog, ["--checkpoint", str(tiny_ckpt), "--data", str(toy_data_dir),
+                                                     "--out", str(tmp_path / "mine")])
+    assert rc == 2 and "is not an earlier train.optimize result" in text
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_without_a_valid_file_it_measures_the_examples_training_held_out(tiny_ckpt, toy_data_dir, tmp_path):
+    import shutil
+    data = tmp_path / "data"
+    data.mkdir()
+    shutil.copy(toy_data_dir / "train.txt", data / "train.txt")
+    out = tmp_path / "new" / "parent" / "chosen"    # a parent that does not exist yet
+    assert main(["--checkpoint", str(tiny_ckpt), "--data", str(data), "--out", str(out), "--candidates", "onnx",
+                 "--latency-examples", "3", "--threads", "1"]) == 0
+    report = json.loads((out / "optimize.json").read_text())
+    held_out = json.loads((tiny_ckpt / "train_args.json").read_text()).get("valid_fraction", 0.1)
+    lines = sum(1 for line in (data / "train.txt").read_text().splitlines() if line.strip())
+    assert report["rows"][0]["total"] == max(1, int(lines * held_out))
+    assert "the valid examples training held out of train.txt" in (out / "optimize.md").read_text()
+
+
+def test_a_failing_candidate_is_skipped_with_its_reason(tiny_ckpt, toy_data_dir, tmp_path, monkeypatch):
+    import train.export as export
+
+    def broken(*args):
+        raise RuntimeError("fusion pattern not found")
+    monkeypatch.setattr(export, "fuse_onnx", broken)
+    out = tmp_path / "chosen"
+    assert main(["--checkpoint", str(tiny_ckpt), "--data", str(toy_data_dir), "--out", str(out),
+                 "--candidates", "onnx-fused,onnx", "--latency-examples", "3", "--threads", "1"]) == 0
+    rows = {r["name"]: r for r in json.loads((out / "optimize.json").read_text())["rows"]}
+    assert rows["onnx-fused"]["skipped"].startswith("export failed")
+    assert {"accuracy", "examples_per_second"} <= set(rows["onnx"])
+    # run again into the same folder: an earlier result is replaced
+    assert main(["--checkpoint", str(tiny_ckpt), "--data", str(toy_data_dir), "--out", str(out),
+                 "--candidates", "onnx", "--latency-examples", "3", "--threads", "1"]) == 0
+    assert [r["name"] for r in json.loads((out / "optimize.json").read_text())["rows"]] == ["fp32", "onnx"]
+    assert not (tmp_path / "chosen.tmp").exists()
 
 
 def test_unknown_candidates_are_refused_by_argparse(tiny_ckpt, toy_data_dir, tmp_path, capsys):
@@ -124,7 +165,7 @@ def test_unknown_candidates_are_refused_by_argparse(tiny_ckpt, toy_data_dir, tmp
 def test_served_settings_follow_the_model_config(tmp_path, monkeypatch):
     config = tmp_path / "model-config.yaml"
     config.write_text("minWorkers: 2\nbatchSize: 16\nhandler:\n  torch_threads: 0\n")
-    monkeypatch.setattr(optimize.os, "sched_getaffinity", lambda pid: set(range(8)))
+    monkeypatch.setattr(optimize, "usable_cores", lambda: 8)
     assert optimize.served_settings(config) == (4, 16)
     config.write_text("minWorkers: 2\nbatchSize: 4\nhandler:\n  torch_threads: 3\n")
     assert optimize.served_settings(config) == (3, 4)

@@ -1,5 +1,7 @@
 """Predictor: the one prediction path (tokenize, forward, softmax) for the CLIs, benchmarks and handler."""
 import logging
+import math
+import os
 import time
 
 import numpy as np
@@ -15,6 +17,19 @@ TOKENIZE_CHUNK = 1024   # texts tokenized in one call (bounds the padded id matr
 # What one more forward pass costs, in padded token positions: a pass is split where the padding that the
 # next (longer) text adds to the texts before it would cost more than that. 0: split by count only.
 PASS_OVERHEAD_TOKENS = 64
+
+
+def usable_cores():
+    """The cores this process may run on: its CPU affinity, bounded by a cgroup v2 CPU quota (containers)."""
+    cores = len(os.sched_getaffinity(0))
+    try:
+        with open("/sys/fs/cgroup/cpu.max", encoding="ascii") as f:
+            quota, period = f.read().split()[:2]
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cores
 
 
 def passes(lengths, max_texts, overhead_tokens=PASS_OVERHEAD_TOKENS):

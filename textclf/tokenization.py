@@ -90,8 +90,9 @@ class HFTokenizer:
         return len(self.tokenizer)
 
     def encode(self, texts, max_length):
+        # right padding always: Predictor cuts a pass's columns at its longest text
         enc = self.tokenizer(list(texts), padding="longest", truncation=True, max_length=max_length,
-                             return_tensors="pt", return_token_type_ids=False)
+                             return_tensors="pt", return_token_type_ids=False, padding_side="right")
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
     def save(self, folder):

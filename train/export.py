@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from textclf.checkpoint import ONNX_GRAPH, WEIGHTS, check_folder, load_checkpoint, readable, save_checkpoint
+from textclf.checkpoint import (ONNX_GRAPH, WEIGHTS, _swap_in, check_folder, load_checkpoint, readable,
+                                save_checkpoint)
 from textclf.embeddings import remove_layers
 from textclf.errors import CheckpointError
 from textclf.predict import Predictor
@@ -132,6 +133,16 @@ def quantize_onnx(path, per_channel=True, reduce_range=False):
     tmp.replace(path)
 
 
+def onnx_step(what, step, *args):
+    """An ONNX Runtime graph step; its failure becomes a CheckpointError naming the step."""
+    try:
+        return step(*args)
+    except (CheckpointError, KeyboardInterrupt):
+        raise
+    except Exception as e:   # onnxruntime's optimizer and quantizer raise many types of their own
+        raise CheckpointError(f"ONNX Runtime could not {what} the graph: {type(e).__name__}: {e}") from None
+
+
 def quantization_name(args):
     seven = args.int8_weights == "7bit" or (args.int8_weights == "auto" and not has_vnni())
     return "ort-dynamic-int8" + ("-per-channel" if args.int8_scheme == "per-channel" else "") + ("-7bit" if seven else "")
@@ -170,25 +181,33 @@ def run(args):
     model.config = config
     meta = json.loads((src / "metrics.json").read_text()) if (src / "metrics.json").is_file() else {}
     meta = {"exported_from": str(src), "source_metrics": meta}
-    save_checkpoint(out, model, tokenizer, labels, meta)
-    if args.onnx:
-        export_onnx(model.eval(), tokenizer, out, args.opset)
-        if args.fuse:
-            meta["onnx_fused_ops"] = fuse_onnx(out / ONNX_GRAPH, model.embedding.model.config)
-            config.onnx_fusions = True
-        if args.int8:
-            config.quantization = quantization_name(args)
-            quantize_onnx(out / ONNX_GRAPH, args.int8_scheme == "per-channel", config.quantization.endswith("-7bit"))
-        config.runtime = "onnx"
-        config.to_json_file(out / "config.json")
-        (out / WEIGHTS).unlink()
-        shutil.rmtree(out / "transformer", ignore_errors=True)
-    exported = Predictor.from_checkpoint(out).predict_proba(CHECK_TEXTS)
-    diff = float(np.abs(exported - reference).max())
-    meta["max_probability_difference_vs_source"] = diff
-    (out / "metrics.json").write_text(json.dumps(meta, indent=2) + "\n")
-    if not (args.int8 or args.bf16 or drop) and diff > 1e-4:
-        raise CheckpointError(f"the export disagrees with the source model (max probability difference {diff:.2e})")
+    # built beside --out and swapped in only when complete and checked: a failure leaves no half export
+    stage = out.with_name(out.name + ".export")
+    shutil.rmtree(stage, ignore_errors=True)
+    try:
+        save_checkpoint(stage, model, tokenizer, labels, meta)
+        if args.onnx:
+            export_onnx(model.eval(), tokenizer, stage, args.opset)
+            if args.fuse:
+                meta["onnx_fused_ops"] = onnx_step("fuse", fuse_onnx, stage / ONNX_GRAPH, model.embedding.model.config)
+                config.onnx_fusions = True
+            if args.int8:
+                config.quantization = quantization_name(args)
+                onnx_step("quantize", quantize_onnx, stage / ONNX_GRAPH, args.int8_scheme == "per-channel",
+                          config.quantization.endswith("-7bit"))
+            config.runtime = "onnx"
+            config.to_json_file(stage / "config.json")
+            (stage / WEIGHTS).unlink()
+            shutil.rmtree(stage / "transformer", ignore_errors=True)
+        exported = Predictor.from_checkpoint(stage).predict_proba(CHECK_TEXTS)
+        diff = float(np.abs(exported - reference).max())
+        meta["max_probability_difference_vs_source"] = diff
+        (stage / "metrics.json").write_text(json.dumps(meta, indent=2) + "\n")
+        if not (args.int8 or args.bf16 or drop) and diff > 1e-4:
+            raise CheckpointError(f"the export disagrees with the source model (max probability difference {diff:.2e})")
+        _swap_in(stage, out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)   # after the swap: the folder --out replaced, if any
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"{out}: {size / 1e6:.1f} MB, max probability difference vs source {diff:.2e}")
     return 0

@@ -10,7 +10,6 @@ there hold the table of all candidates, which is also printed.
 import argparse
 import json
 import logging
-import os
 import shutil
 import sys
 import tempfile
@@ -19,10 +18,10 @@ from pathlib import Path
 
 import torch
 
-from textclf.checkpoint import check_folder, readable
+from textclf.checkpoint import _swap_in, check_folder, readable
 from textclf.data import COLUMNS, find_split, read_examples
 from textclf.errors import CheckpointError, DataError
-from textclf.predict import Predictor
+from textclf.predict import Predictor, usable_cores
 
 from .evaluate import evaluate, measure_speed
 from .export import cpu_flags, has_bf16, has_vnni
@@ -44,12 +43,12 @@ TRANSFORMER_ONLY = {"onnx-fused", "onnx-fused-int8"}
 
 
 def served_settings(path=MODEL_CONFIG):
-    """(torch threads, batch size) of one TorchServe worker under handlers/model-config.yaml."""
+    """(torch threads, batch size) of one TorchServe worker under handlers/model-config.yaml, as the handler
+    counts them."""
     from serving.torchserve import read_model_config
     config = read_model_config(path)
-    cores = len(os.sched_getaffinity(0))
     workers = int(config.get("minWorkers", 1) or 1)
-    threads = int(config["handler"].get("torch_threads", 0) or 0) or max(1, cores // workers)
+    threads = int(config["handler"].get("torch_threads", 0) or 0) or max(1, usable_cores() // workers)
     return threads, int(config.get("batchSize", 1) or 1)
 
 
@@ -68,13 +67,15 @@ def parse_args(argv):
                    help="CPU threads while measuring (0: those of one worker under handlers/model-config.yaml)")
     p.add_argument("--batch-size", type=int, default=0,
                    help="batch size of the throughput measure (0: batchSize of handlers/model-config.yaml)")
-    p.add_argument("--latency-examples", type=int, default=200, help="examples timed one at a time")
+    p.add_argument("--latency-examples", type=int, default=200, help="examples timed one at a time (at least 1)")
     p.add_argument("--keep-candidates", action="store_true", help="keep every candidate in OUT.candidates/")
     args = p.parse_args(argv)
     args.candidates = [c.strip() for c in args.candidates.split(",") if c.strip()]
     unknown = [c for c in args.candidates if c not in CANDIDATES]
     if unknown or not args.candidates:
         p.error(f"unknown candidates {unknown}; choose from {', '.join(CANDIDATES)}")
+    if args.latency_examples < 1:
+        p.error("--latency-examples must be at least 1")
     if "fp32" not in args.candidates:
         args.candidates.insert(0, "fp32")   # the reference every other candidate is held to
     return args
@@ -89,13 +90,40 @@ def skip_reason(name, config, flags):
 
 
 def build(name, src, folder):
+    """The candidate's checkpoint folder; raises CheckpointError when its export fails."""
     from .export import main as export_main
     if CANDIDATES[name] is None:
         return src
     status = export_main(["--checkpoint", str(src), "--out", str(folder), *CANDIDATES[name]])
     if status:
-        raise CheckpointError(f"the {name} export failed (exit status {status})")
+        raise CheckpointError(f"export failed (exit status {status}; its error is logged above)")
     return folder
+
+
+def valid_split(data, split, columns, src):
+    """(path, examples) of the split accuracy is measured on. Without a SPLIT file in the data folder (data
+    with no valid file), the valid examples training held out of train, rebuilt from train_args.json."""
+    path = find_split(data, split, split != "valid")
+    if path is not None:
+        return path, read_examples(path, columns)[0]
+    from .data import load_dataset
+    settings = json.loads((src / "train_args.json").read_text()) if (src / "train_args.json").is_file() else {}
+    dataset = load_dataset(data, columns, settings.get("valid_fraction", 0.1), settings.get("seed", 42),
+                           skip_empty=settings.get("skip_empty", False))
+    path = find_split(data, "train", True)
+    log.info("no valid file in %s: using the %d examples training held out of %s (valid_fraction %s, seed %s)",
+             data, len(dataset.valid), path.name, settings.get("valid_fraction", 0.1), settings.get("seed", 42))
+    return path, dataset.valid
+
+
+def check_out(src, out):
+    """--out may be a new folder or an earlier result of this command; never the checkpoint, inside it, above it
+    or another folder that would be replaced."""
+    if out == src or src in out.parents or out in src.parents:
+        raise CheckpointError(f"--out {out} must be a folder of its own: not the checkpoint, inside it or above it")
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "optimize.json").is_file())):
+        raise CheckpointError(f"--out {out} exists and is not an earlier train.optimize result: "
+                              "choose a new folder (it would be replaced)")
 
 
 def measure(folder, examples, path, threads, batch_size, latency_examples):
@@ -134,20 +162,18 @@ def table(rows, chosen, batch_size):
 
 
 def run(args):
-    from benchmarks.common import machine
     src, out = Path(args.checkpoint).resolve(), Path(args.out).resolve()
-    if out == src or src in out.parents:
-        raise CheckpointError("--out must be a folder of its own, not the checkpoint or inside it")
+    check_out(src, out)
     threads, batch_size = served_settings()
     threads, batch_size = args.threads or threads, args.batch_size or batch_size
     torch.set_num_threads(threads)
-    path = find_split(args.data, args.split, True)
-    examples, _ = read_examples(path, args.columns)
+    path, examples = valid_split(args.data, args.split, args.columns, src)
     config = check_folder(readable(src))
     if config.runtime != "torch" or config.precision != "fp32":
         raise CheckpointError(f"{src} is already an export ({config.runtime}, {config.precision}); "
                               "optimize the float checkpoint training wrote")
     flags = cpu_flags()
+    out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=out.name + ".candidates.", dir=out.parent)) if not args.keep_candidates \
         else out.with_name(out.name + ".candidates")
     work.mkdir(parents=True, exist_ok=True)
@@ -160,7 +186,11 @@ def run(args):
                 rows.append({"name": name, "skipped": reason})
                 continue
             started = time.perf_counter()
-            folder = build(name, src, work / name)
+            try:
+                folder = build(name, src, work / name)
+            except CheckpointError as e:   # one candidate failing leaves the others to choose from
+                rows.append({"name": name, "skipped": str(e)})
+                continue
             row = {"name": name, "folder": str(folder), "build_s": round(time.perf_counter() - started, 1)}
             row.update(measure(folder, examples, path, threads, batch_size, args.latency_examples))
             rows.append(row)
@@ -171,24 +201,32 @@ def run(args):
             if "accuracy" in r:
                 r["eligible"] = r["accuracy"] >= reference["accuracy"] - args.tolerance / 100 - 1e-9
         chosen = choose(rows, args.tolerance)
-        shutil.rmtree(out, ignore_errors=True)
-        shutil.copytree(chosen["folder"], out)
+        tmp = out.with_name(out.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(chosen["folder"], tmp)
+        write_report(tmp, args, src, path, examples, rows, chosen, threads, batch_size, flags)
+        _swap_in(tmp, out)   # a crash leaves the earlier result or this one, never half of one
+        shutil.rmtree(tmp, ignore_errors=True)
     finally:
         if not args.keep_candidates:
             shutil.rmtree(work, ignore_errors=True)
+    print((out / "optimize.md").read_text(), end="")
+    print(f"wrote {out} (optimize.json, optimize.md)")
+    return 0
+
+
+def write_report(folder, args, src, path, examples, rows, chosen, threads, batch_size, flags):
+    from benchmarks.common import machine
     text = table(rows, chosen, batch_size)
+    where = path.name if path.stem == args.split else f"the valid examples training held out of {path.name}"
     reason = (f"Chosen: **{chosen['name']}**, the fastest at batch {batch_size} among the variants within "
-              f"{args.tolerance} points of fp32's accuracy on {path.name} ({len(examples)} examples); "
+              f"{args.tolerance} points of fp32's accuracy on {where} ({len(examples)} examples); "
               f"{threads} CPU thread(s), as one TorchServe worker runs.")
     report = {"checkpoint": str(src), "data": str(path), "chosen": chosen["name"], "tolerance_points": args.tolerance,
               "threads": threads, "batch_size": batch_size, "vnni": has_vnni(flags), "bf16": has_bf16(flags),
               "machine": machine(), "rows": [{k: v for k, v in r.items() if k != "folder"} for r in rows]}
-    (out / "optimize.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "optimize.md").write_text(f"{text}\n\n{reason}\n")
-    print(text)
-    print(reason)
-    print(f"wrote {out} (optimize.json, optimize.md)")
-    return 0
+    (folder / "optimize.json").write_text(json.dumps(report, indent=2) + "\n")
+    (folder / "optimize.md").write_text(f"{text}\n\n{reason}\n")
 
 
 def main(argv=None):
