@@ -25,13 +25,17 @@ WARMUP = 20
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("checkpoints", nargs="+", type=Path)
+    p.add_argument("checkpoints", nargs="*", type=Path)
     p.add_argument("--delays", type=int, nargs="+", default=[5, 1], help="maxBatchDelay values (ms) to compare")
     p.add_argument("--requests", type=int, default=300)
     p.add_argument("--data", type=Path, default=ROOT / "data" / "snips" / "test.txt")
     p.add_argument("--model-config", type=Path, default=ROOT / "handlers" / "model-config.yaml")
     p.add_argument("--out", type=Path, default=ROOT / "results" / "latency-1user")
-    return p.parse_args(argv)
+    p.add_argument("--table", action="store_true", help="only rewrite OUT/latency.md from OUT/latency.json")
+    args = p.parse_args(argv)
+    if not args.checkpoints and not args.table:
+        p.error("give at least one checkpoint folder")
+    return args
 
 
 def metric_sums(text):
@@ -95,20 +99,39 @@ def measure(checkpoint, delay, texts, model_config, work):
     return row
 
 
+def label(checkpoint):
+    """runs/NAME/checkpoint-best -> NAME/checkpoint-best: the run names the model."""
+    path = Path(checkpoint)
+    return f"{path.parent.name}/{path.name}"
+
+
 def table(rows):
     lines = ["| checkpoint | maxBatchDelay ms | client p50 ms | p90 ms | mean ms | queue + batch wait ms | "
              "worker ms | of which tokenize | of which forward | rest of worker (IPC, parse, answer) | "
              "outside TorchServe's timing (HTTP, client) |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in rows:
-        lines.append(f"| {Path(r['checkpoint']).name} | {r['max_batch_delay_ms']} | {r['client_p50_ms']} | "
+        lines.append(f"| {label(r['checkpoint'])} | {r['max_batch_delay_ms']} | {r['client_p50_ms']} | "
                      f"{r['client_p90_ms']} | {r['client_mean_ms']} | {r['queue_ms']} | {r['worker_ms']} | "
                      f"{r['tokenize_ms']} | {r['forward_ms']} | {r['handler_rest_ms']} | {r['outside_ms']} |")
     return lines
 
 
+def write_table(out, result):
+    m, rows = result["machine"], result["rows"]
+    text = "\n".join([f"Machine: {m['nproc']} cores, {m['cpu']}, flags {', '.join(m.get('flags', []))}. "
+                      f"Command: `{result['command']}`. One user, {rows[0]['requests']} requests of "
+                      f"{Path(result['data']).name} sentences, text/plain, after {WARMUP} to warm up; per-request "
+                      "means from TorchServe's metrics.", "", *table(rows)]) + "\n"
+    (out / "latency.md").write_text(text)
+    return text
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.table:
+        print(write_table(args.out, json.loads((args.out / "latency.json").read_text())), end="")
+        return 0
     from textclf.data import read_examples
     examples, _ = read_examples(args.data)
     texts = [e.text for e in examples][: args.requests]
@@ -123,13 +146,7 @@ def main(argv=None):
     result = {"command": command, "machine": machine(), "versions": versions(), "commit": git_commit(),
               "model_config": str(args.model_config), "data": str(args.data), "rows": rows}
     (args.out / "latency.json").write_text(json.dumps(result, indent=2) + "\n")
-    m = result["machine"]
-    text = "\n".join([f"Machine: {m['nproc']} cores, {m['cpu']}, flags {', '.join(m.get('flags', []))}. "
-                      f"Command: `{command}`. One user, {len(texts)} requests of {args.data.name} sentences, "
-                      "text/plain, after 20 to warm up; per-request means from TorchServe's metrics.", "",
-                      *table(rows)]) + "\n"
-    (args.out / "latency.md").write_text(text)
-    print(text)
+    print(write_table(args.out, result), end="")
     return 0
 
 

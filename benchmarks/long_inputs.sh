@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Long inputs served: documents of mixed lengths in one TorchServe batch, forwarded in passes of similar
 # length (pass_overhead_tokens 64, the default) or all padded to the longest (pass_overhead_tokens 0).
-# Usage: benchmarks/long_inputs.sh CKPT [--data data/r52/test.txt] [--levels "1 8 32"] [--duration 20s]
+# Usage: benchmarks/long_inputs.sh CKPT [--data data/r52/test.tsv] [--levels "1 8 32"] [--duration 20s]
 #            [--out results/long-inputs]
 # Runs benchmarks/serving.sh twice on the same checkpoint and documents, with handlers/model-config.yaml as it
 # is and with pass_overhead_tokens set to 0, then writes OUT/summary.{json,md}: req/s, p50/p99 and the
@@ -12,7 +12,7 @@ die() { echo "long_inputs.sh: $*" >&2; exit 2; }
 [ $# -ge 1 ] || die "usage: long_inputs.sh CKPT [--data FILE] [--levels \"1 8 32\"] [--duration 20s] [--out DIR]"
 case "$1" in -h|--help) sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;; esac
 CKPT="$1"; shift
-DATA="$ROOT/data/r52/test.txt" LEVELS="1 8 32" DURATION=20s OUT="$ROOT/results/long-inputs"
+DATA="$ROOT/data/r52/test.tsv" LEVELS="1 8 32" DURATION=20s OUT="$ROOT/results/long-inputs"
 while [ $# -gt 0 ]; do
   [ $# -ge 2 ] || die "$1 needs a value"
   case "$1" in
@@ -22,9 +22,10 @@ while [ $# -gt 0 ]; do
   shift 2
 done
 [ -d "$CKPT" ] || die "checkpoint folder '$CKPT' does not exist"
+[ -f "$DATA" ] || die "--data '$DATA' not found"
 if [ -d "$OUT" ] && [ -n "$(ls -A "$OUT")" ]; then die "--out '$OUT' exists and is not empty"; fi
 mkdir -p "$OUT"; OUT="$(cd "$OUT" && pwd)"
-COMMAND="$(printf '%q ' "$0" "$CKPT" --data "$DATA" --levels "$LEVELS" --duration "$DURATION")"
+COMMAND="$(printf '%q ' "$0" "$CKPT" --data "$DATA" --levels "$LEVELS" --duration "$DURATION")"; COMMAND="${COMMAND% }"
 sed 's/^  pass_overhead_tokens: [0-9]*/  pass_overhead_tokens: 0/' "$ROOT/handlers/model-config.yaml" > "$OUT/model-config-no-split.yaml"
 grep -q '^  pass_overhead_tokens: 0' "$OUT/model-config-no-split.yaml" || die "no pass_overhead_tokens in model-config.yaml"
 for run in split no-split; do
