@@ -251,3 +251,20 @@ def test_word_model_vocabulary_must_match_config(tmp_path):
         f.write("brandnewword\n")
     with pytest.raises(CheckpointError, match="vocab_size"):
         Predictor.from_checkpoint(folder)
+
+
+@pytest.mark.parametrize("files, want", [
+    ({"cpu.max": "200000 100000\n"}, 2),                                   # cgroup v2, 2 CPUs
+    ({"cpu.max": "150000 100000\n"}, 2),                                   # 1.5 CPUs: rounded up
+    ({"cpu.max": "max 100000\n"}, None),                                   # no limit
+    ({"cpu/cpu.cfs_quota_us": "400000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 4),   # cgroup v1
+    ({"cpu,cpuacct/cpu.cfs_quota_us": "50000\n", "cpu,cpuacct/cpu.cfs_period_us": "100000\n"}, 1),
+    ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),  # v1, no limit
+    ({}, None),                                                             # no cgroup files at all
+])
+def test_cpu_quota_reads_cgroup_v2_and_v1(tmp_path, files, want):
+    from textclf.predict import cpu_quota
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert cpu_quota(str(tmp_path)) == want

@@ -19,17 +19,35 @@ TOKENIZE_CHUNK = 1024   # texts tokenized in one call (bounds the padded id matr
 PASS_OVERHEAD_TOKENS = 64
 
 
-def usable_cores():
-    """The cores this process may run on: its CPU affinity, bounded by a cgroup v2 CPU quota (containers)."""
-    cores = len(os.sched_getaffinity(0))
+CGROUP_ROOT = "/sys/fs/cgroup"
+
+
+def cpu_quota(root=CGROUP_ROOT):
+    """CPUs the container's CFS quota allows (rounded up), or None: cgroup v2 cpu.max, else v1 cfs_quota_us."""
     try:
-        with open("/sys/fs/cgroup/cpu.max", encoding="ascii") as f:
+        with open(f"{root}/cpu.max", encoding="ascii") as f:
             quota, period = f.read().split()[:2]
-        if quota != "max":
-            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+        return None if quota == "max" else max(1, math.ceil(int(quota) / int(period)))
     except (OSError, ValueError):
         pass
-    return cores
+    for folder in (f"{root}/cpu", f"{root}/cpu,cpuacct"):
+        try:
+            with open(f"{folder}/cpu.cfs_quota_us", encoding="ascii") as f:
+                quota = int(f.read())
+            with open(f"{folder}/cpu.cfs_period_us", encoding="ascii") as f:
+                period = int(f.read())
+            return None if quota <= 0 or period <= 0 else max(1, math.ceil(quota / period))
+        except (OSError, ValueError):
+            continue
+    return None
+
+
+def usable_cores():
+    """The cores this process may run on: its CPU affinity, bounded by the container's CPU quota (cgroup v2 or
+    v1), so that a pod limited to 2 CPUs on a 16-core node runs 2 threads, not 16."""
+    cores = len(os.sched_getaffinity(0))
+    quota = cpu_quota()
+    return cores if quota is None else min(cores, quota)
 
 
 def passes(lengths, max_texts, overhead_tokens=PASS_OVERHEAD_TOKENS):
