@@ -164,6 +164,15 @@ def hadolint():
     return found
 
 
+def test_hadolint_finds_nothing_in_the_kserve_runtime_dockerfile():
+    done = subprocess.run([hadolint(), "--no-color", str(DEPLOY / "Dockerfile.kserve")], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    text = (DEPLOY / "Dockerfile.kserve").read_text()
+    assert "FROM pytorch/torchserve-kfs:0.12.0" in text and "requirements-serve.txt" in text
+    assert text.rstrip().splitlines()[-1] == "USER 1000"   # back to the runtime's non-root user
+
+
 def test_hadolint_finds_nothing_in_the_dockerfile_and_does_find_faults(tmp_path):
     done = subprocess.run([hadolint(), "--no-color", str(ROOT / "Dockerfile")], capture_output=True, text=True,
                           timeout=60)
@@ -340,3 +349,29 @@ def test_the_network_policy_opens_the_gateway_and_limits_metrics():
     rules = {rule["ports"][0]["port"]: rule for rule in policy["spec"]["ingress"]}
     assert set(rules) == OUTWARD_PORTS
     assert "from" not in rules[8080] and rules[8082]["from"], rules
+
+
+def test_inference_services_name_the_project_runtime_and_it_matches_kserves_layout():
+    stock = load_yaml(DEPLOY / "schemas" / "kserve-torchserve.yaml")[0]
+    [(_, runtime)] = [(n, d) for n, d in manifests() if d["kind"] == "ClusterServingRuntime"]
+    container, stock_container = runtime["spec"]["containers"][0], stock["spec"]["containers"][0]
+    assert container["args"] == stock_container["args"]          # same start command and storage layout
+    assert container["name"] == stock_container["name"] == "kserve-container"
+    assert "torchserve-kfs" not in container["image"] and not container["image"].endswith(":replace")
+    assert not any(f["autoSelect"] for f in runtime["spec"]["supportedModelFormats"])
+    assert_sized_for_the_workers(container["resources"], "kserve-runtime.yaml")
+    formats = {f["name"] for f in runtime["spec"]["supportedModelFormats"]}
+    for protocol, (name, doc) in inference_services().items():
+        model = doc["spec"]["predictor"]["model"]
+        assert model["runtime"] == runtime["metadata"]["name"], name
+        assert model["modelFormat"]["name"] in formats and protocol in runtime["spec"]["protocolVersions"], name
+
+
+def test_kserve_pods_fall_under_no_selector_of_the_plain_deployment():
+    selectors = [one("Deployment")["spec"]["selector"]["matchLabels"], one("Service")["spec"]["selector"]]
+    selectors += [one(kind)["spec"]["selector"]["matchLabels"] for kind in ("PodDisruptionBudget",)]
+    selectors.append(one("NetworkPolicy")["spec"]["podSelector"]["matchLabels"])
+    for name, doc in inference_services().values():
+        labels = doc["metadata"].get("labels", {})      # KServe copies them onto the predictor pods
+        for selector in selectors:
+            assert not all(labels.get(k) == v for k, v in selector.items()), (name, selector)
