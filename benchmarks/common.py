@@ -19,10 +19,23 @@ def _first(path, prefix):
 
 def machine():
     """{"nproc", "cpu", "flags", "ram_gib", "os", "python"} of this machine (nproc: the cores this process may use)."""
+    from textclf.predict import cpu_flags
     kib = int(_first("/proc/meminfo", "MemTotal:").split()[0] or 0)
     return {"nproc": len(os.sched_getaffinity(0)), "cpu": _first("/proc/cpuinfo", "model name") or platform.processor(),
-            "flags": sorted(SPEED_FLAGS & set(_first("/proc/cpuinfo", "flags").split())),
+            "flags": sorted(SPEED_FLAGS & cpu_flags()),
             "ram_gib": round(kib / 2**20, 1), "os": platform.platform(), "python": platform.python_version()}
+
+
+def append_section(record, text):
+    """Append a markdown section to record (BENCHMARKS.md), a blank line before it; a new file gets a title."""
+    record = Path(record)
+    before = record.read_text(encoding="utf-8") if record.exists() else ""
+    if not before:
+        prefix = "# Benchmarks\n\nSections appended by benchmarks/serving.sh, newest last.\n\n"
+    else:
+        prefix = "" if before.endswith("\n\n") else "\n" if before.endswith("\n") else "\n\n"
+    with record.open("a", encoding="utf-8") as f:
+        f.write(prefix + text)
 
 
 def machine_line(m=None):

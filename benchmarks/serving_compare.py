@@ -11,10 +11,9 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from benchmarks.common import git_commit, machine, versions
+from benchmarks.common import append_section, git_commit, machine, versions
 
 RATIO_USERS = 32
-FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8")
 
 
 def parse_args(argv=None):
@@ -37,12 +36,6 @@ def test_accuracy(checkpoint, split_file):
     result, _ = evaluate(Predictor.from_checkpoint(checkpoint), examples, split_file)
     return {"accuracy": result["accuracy"], "correct": result["correct"], "total": result["total"],
             "macro_f1": result["macro_f1"]}
-
-
-def cpu_flags_present():
-    from train.export import cpu_flags
-    present = cpu_flags()
-    return [f for f in FLAGS if f in present]
 
 
 def rows(fp32, optimized):
@@ -100,7 +93,7 @@ def section(result, out):
     lines = [
         f"## fp32 vs optimized variant, served side by side, {result['date']}", "",
         *([f"**{result['note']}**", ""] if result["note"] else []),
-        f"- Machine: {m['nproc']} cores, {m['cpu']}; flags: {', '.join(result['cpu_flags']) or 'none of note'}",
+        f"- Machine: {m['nproc']} cores, {m['cpu']}; flags: {', '.join(m['flags']) or 'none of note'}",
         f"- Software: torch {v['torch']}, TorchServe {v['torchserve']}, locust {v['locust']}; commit {result['commit']}",
         f"- Command: `{result['command']}`",
         f"- fp32: `{result['fp32']}`; optimized: `{result['optimized']}` (chosen variant: {chosen})",
@@ -135,7 +128,7 @@ def main(argv=None):
     report = args.optimized / "optimize.json"
     result = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "note": args.note,
-        "machine": machine(), "cpu_flags": cpu_flags_present(), "versions": versions(), "commit": git_commit(),
+        "machine": machine(), "versions": versions(), "commit": git_commit(),
         "command": args.command, "fp32": str(args.fp32), "optimized": str(args.optimized),
         "chosen": json.loads(report.read_text())["chosen"] if report.is_file() else None,
         "accuracy_split": str(args.data),
@@ -154,11 +147,7 @@ def main(argv=None):
          f"{args.fp32} vs {args.optimized} ({result['chosen']}); {result['machine']['cpu']}, "
          f"{result['machine']['nproc']} cores; {result['date']}")
     if args.record:
-        record = Path(args.record)
-        before = record.read_text(encoding="utf-8") if record.exists() else ""
-        prefix = "" if not before or before.endswith("\n\n") else "\n" if before.endswith("\n") else "\n\n"
-        with record.open("a", encoding="utf-8") as f:
-            f.write(prefix + text)
+        append_section(args.record, text)
     print(f"== results: {out / 'comparison.json'}, comparison.md, comparison.png"
           + (f"; appended to {args.record}" if args.record else ""))
     print("\n".join(table(compared)))

@@ -11,7 +11,7 @@ import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
-from benchmarks.common import git_commit, machine, versions
+from benchmarks.common import append_section, git_commit, machine, versions
 from serving.torchserve import read_model_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,14 +119,7 @@ def main(argv=None):
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     plots = plot(results, out)
     if args.record:
-        record = Path(args.record)
-        before = record.read_text(encoding="utf-8") if record.exists() else ""
-        if not before:
-            prefix = "# Benchmarks\n\nSections appended by benchmarks/serving.sh, newest last.\n\n"
-        else:
-            prefix = "" if before.endswith("\n\n") else "\n" if before.endswith("\n") else "\n\n"
-        with record.open("a", encoding="utf-8") as f:
-            f.write(prefix + section(results, out))
+        append_section(args.record, section(results, out))
     print(f"== results: {out / 'results.json'}, plots: {', '.join(p.name for p in plots)}"
           + (f"; appended to {args.record}" if args.record else ""))
     print("\n".join(table(levels)))

@@ -21,7 +21,7 @@ from ts.torch_handler.base_handler import BaseHandler
 
 from textclf.explain import explain, words
 from textclf.inputs import Failure, Limits, Request, RequestError, parse_request
-from textclf.predict import Predictor, usable_cores
+from textclf.predict import Predictor, usable_cores, worker_threads
 
 log = logging.getLogger(__name__)
 WARMUP_TEXTS = ["warm up", "a slightly longer sentence to warm up the model before traffic arrives"]
@@ -40,7 +40,7 @@ class TextClassifierHandler(BaseHandler):
         self.max_answer_bytes = int(settings.get("max_answer_bytes", 1000000))
         workers = int(yaml_config.get("minWorkers", 1) or 1)
         cores = usable_cores()
-        threads = int(settings.get("torch_threads", 0)) or max(1, cores // workers)
+        threads = worker_threads(settings.get("torch_threads"), workers)
         torch.set_num_threads(threads)
         # One thread pool per worker, no larger than its share: the fast tokenizer's (rayon, sized on first
         # use) and torch's inter-op pool (the forward pass has no parallel branches to run on it).

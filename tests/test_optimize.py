@@ -165,7 +165,8 @@ def test_unknown_candidates_are_refused_by_argparse(tiny_ckpt, toy_data_dir, tmp
 def test_served_settings_follow_the_model_config(tmp_path, monkeypatch):
     config = tmp_path / "model-config.yaml"
     config.write_text("minWorkers: 2\nbatchSize: 16\nhandler:\n  torch_threads: 0\n")
-    monkeypatch.setattr(optimize, "usable_cores", lambda: 8)
+    import textclf.predict
+    monkeypatch.setattr(textclf.predict, "usable_cores", lambda: 8)
     assert optimize.served_settings(config) == (4, 16)
     config.write_text("minWorkers: 2\nbatchSize: 4\nhandler:\n  torch_threads: 3\n")
     assert optimize.served_settings(config) == (3, 4)

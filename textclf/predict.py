@@ -42,6 +42,21 @@ def cpu_quota(root=CGROUP_ROOT):
     return None
 
 
+def cpu_flags():
+    """The CPU's feature flags (/proc/cpuinfo), empty where unreadable."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            line = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return set()
+    return set(line.split(":", 1)[1].split()) if line else set()
+
+
+def worker_threads(torch_threads, workers):
+    """Torch threads of one TorchServe worker: handler.torch_threads, or its share of the usable cores."""
+    return int(torch_threads or 0) or max(1, usable_cores() // max(1, int(workers or 1)))
+
+
 def usable_cores():
     """The cores this process may run on: its CPU affinity, bounded by the container's CPU quota (cgroup v2 or
     v1), so that a pod limited to 2 CPUs on a 16-core node runs 2 threads, not 16."""

@@ -20,7 +20,7 @@ from textclf.checkpoint import (ONNX_GRAPH, WEIGHTS, _swap_in, check_folder, loa
                                 save_checkpoint)
 from textclf.embeddings import remove_layers
 from textclf.errors import CheckpointError
-from textclf.predict import Predictor
+from textclf.predict import Predictor, cpu_flags
 
 log = logging.getLogger("train.export")
 CHECK_TEXTS = ["play some jazz by miles davis", "what will the weather be like tomorrow in paris",
@@ -58,17 +58,6 @@ def parse_args(argv):
     if args.bf16 and args.onnx:
         p.error("--bf16 applies to the PyTorch runtime; it does not combine with --onnx, --fuse or --int8")
     return args
-
-
-def cpu_flags():
-    """The CPU's feature flags (/proc/cpuinfo), empty where unreadable."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 def has_vnni(flags=None):

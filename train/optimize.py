@@ -21,10 +21,10 @@ import torch
 from textclf.checkpoint import _swap_in, check_folder, readable
 from textclf.data import COLUMNS, find_split, read_examples
 from textclf.errors import CheckpointError, DataError
-from textclf.predict import Predictor, usable_cores
+from textclf.predict import Predictor, cpu_flags, worker_threads
 
 from .evaluate import evaluate, measure_speed
-from .export import cpu_flags, has_bf16, has_vnni
+from .export import has_bf16, has_vnni
 
 log = logging.getLogger("train.optimize")
 ROOT = Path(__file__).resolve().parent.parent
@@ -47,8 +47,7 @@ def served_settings(path=MODEL_CONFIG):
     counts them."""
     from serving.torchserve import read_model_config
     config = read_model_config(path)
-    workers = int(config.get("minWorkers", 1) or 1)
-    threads = int(config["handler"].get("torch_threads", 0) or 0) or max(1, usable_cores() // workers)
+    threads = worker_threads(config["handler"].get("torch_threads"), config.get("minWorkers", 1))
     return threads, int(config.get("batchSize", 1) or 1)
 
 
