@@ -15,7 +15,7 @@ import torch
 from .config import ModelConfig, check_max_length, load_labels, read_json, save_labels
 from .embeddings import TransformerEmbedding
 from .errors import CheckpointError
-from .model import TextClassifier
+from .model import SequenceClassifier, TextClassifier
 from .tokenization import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,11 @@ def save_checkpoint(folder, model, tokenizer, labels, metrics=None, train_args=N
     save_labels(labels, tmp / "labels.json")
     tokenizer.save(tmp / "tokenizer")
     if config.embedding == "transformer":
-        model.embedding.model.config.save_pretrained(str(tmp / "transformer"))
+        backbone_config = model.model.config if config.encoder == "head" else model.backbone.config
+        if config.encoder == "head":   # the head's label names follow labels.json, the one source of them
+            backbone_config.id2label = dict(enumerate(labels))
+            backbone_config.label2id = {label: i for i, label in enumerate(labels)}
+        backbone_config.save_pretrained(str(tmp / "transformer"))
     from safetensors.torch import save_file
     save_file(_state_to_save(model), str(tmp / WEIGHTS), metadata={"format": "pt"})
     for name, obj in (("metrics.json", metrics), ("train_args.json", train_args)):
@@ -149,6 +153,8 @@ def readable(folder):
 
 def build_model(folder, config):
     """An untrained model of the checkpoint's architecture (weights still to load)."""
+    if config.encoder == "head":
+        return SequenceClassifier.from_config_dir(config, Path(folder) / "transformer")
     if config.embedding == "transformer":
         embedding = TransformerEmbedding.from_config_dir(Path(folder) / "transformer", config.freeze_transformer)
         model = TextClassifier(config, embedding)

@@ -10,7 +10,8 @@ from .errors import CheckpointError
 
 FORMAT_VERSION = 1
 EMBEDDINGS = ("transformer", "glove", "random")
-ENCODER_NAMES = ("cls", "cnn", "densenet-cnn", "densenet-dsa")
+# head: the transformer's own sequence-classification head (a Hugging Face *ForSequenceClassification model)
+ENCODER_NAMES = ("cls", "cnn", "densenet-cnn", "densenet-dsa", "head")
 
 
 # int8 exports are ONNX graphs quantized by ONNX Runtime (dynamic: activations scaled per batch), with one
@@ -26,7 +27,7 @@ PRECISIONS = ("fp32", "bf16")               # bf16: the forward pass runs under 
 @dataclasses.dataclass
 class ModelConfig:
     embedding: str = "transformer"          # transformer | glove | random
-    encoder: str = "cls"                    # cls | cnn | densenet-cnn | densenet-dsa
+    encoder: str = "cls"                    # cls | cnn | densenet-cnn | densenet-dsa | head
     num_labels: int = 2
     max_length: int = 128
     dropout: float = 0.1
@@ -61,9 +62,9 @@ class ModelConfig:
             raise CheckpointError(f"unknown embedding {self.embedding!r}; choose one of {', '.join(EMBEDDINGS)}")
         if self.encoder not in ENCODER_NAMES:
             raise CheckpointError(f"unknown encoder {self.encoder!r}; choose one of {', '.join(ENCODER_NAMES)}")
-        if self.encoder == "cls" and self.embedding != "transformer":
+        if self.encoder in ("cls", "head") and self.embedding != "transformer":
             raise CheckpointError(
-                f"encoder 'cls' needs a transformer embedding (got {self.embedding!r}); with word embeddings "
+                f"encoder {self.encoder!r} needs a transformer embedding (got {self.embedding!r}); with word embeddings "
                 "use one of: cnn, densenet-cnn, densenet-dsa")
         if self.quantization in TORCH_QUANTIZATIONS:
             raise CheckpointError(

@@ -1,4 +1,5 @@
-"""TextClassifier: embedding -> encoder -> dropout -> linear -> logits."""
+"""TextClassifier: embedding -> encoder -> dropout -> linear -> logits; SequenceClassifier: a Hugging Face
+*ForSequenceClassification model with its own pooler and head (imported, or trained with --encoder head)."""
 from torch import nn
 
 from .config import check_max_length
@@ -18,6 +19,11 @@ class TextClassifier(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.classifier = nn.Linear(self.encoder.output_dim, config.num_labels)
 
+    @property
+    def backbone(self):
+        """The transformer (a Hugging Face base model), or None for word embeddings."""
+        return getattr(self.embedding, "model", None)
+
     @classmethod
     def for_words(cls, config, frozen_rows=None):
         return cls(config, WordEmbedding(config.vocab_size, config.embedding_dim, frozen_rows))
@@ -26,3 +32,37 @@ class TextClassifier(nn.Module):
         states = self.embedding(input_ids, attention_mask)        # (B, T, D)
         features = self.encoder(states, attention_mask)          # (B, F)
         return self.classifier(self.dropout(features))           # (B, num_labels) logits
+
+
+class SequenceClassifier(nn.Module):
+    """A Hugging Face *ForSequenceClassification model, called like TextClassifier: (input_ids, attention_mask)
+    -> logits. Its pooler and head are the architecture's own (BERT's tanh pooler, RoBERTa's dense head,
+    DistilBERT's pre_classifier, ...), so its probabilities are exactly those transformers computes."""
+
+    def __init__(self, config, model):
+        super().__init__()
+        self.config = config
+        self.model = model
+        check_max_length(config.max_length, model.config.to_dict())
+
+    @property
+    def backbone(self):
+        return self.model.base_model
+
+    @classmethod
+    def from_config_dir(cls, config, folder):
+        """An untrained model of the architecture described by folder/config.json (weights still to load)."""
+        from transformers import AutoConfig, AutoModelForSequenceClassification
+        from .errors import CheckpointError
+        try:
+            hf_config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
+            model = AutoModelForSequenceClassification.from_config(hf_config)
+        except (OSError, ValueError, KeyError) as e:
+            raise CheckpointError(f"{folder}/config.json does not describe a sequence classifier: {e}") from None
+        if hf_config.num_labels != config.num_labels:
+            raise CheckpointError(f"{folder}/config.json has {hf_config.num_labels} labels, the checkpoint's "
+                                  f"config.json says num_labels={config.num_labels}")
+        return cls(config, model)
+
+    def forward(self, input_ids, attention_mask):
+        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits   # (B, num_labels)

@@ -17,7 +17,8 @@ class TrainConfig:
     embedding: str = _field("minilm", "minilm (the packaged all-MiniLM-L6-v2), a local Hugging Face "
                             "BERT-family folder, glove (GloVe 6B 50d package), glove:PATH (a vectors text "
                             "file), or random (learned from scratch)")
-    encoder: str = _field("cls", "cls | cnn | densenet-cnn | densenet-dsa")
+    encoder: str = _field("cls", "cls | cnn | densenet-cnn | densenet-dsa | head (the transformer's own "
+                                          "sequence-classification head and pooler, as transformers builds it)")
     epochs: int = _field(3, "passes over the training data")
     batch_size: int = _field(32, "training batch size")
     lr: float = _field(None, "peak learning rate (default: 5e-5 for transformers, 1e-3 for word embeddings)")

@@ -1,4 +1,7 @@
 """python -m train.export --checkpoint CKPT --out DIR [--remove-layers 4,5] [--onnx] [--fuse] [--int8] [--bf16]
+python -m train.export --checkpoint CKPT --hf DIR
+
+--hf writes a Hugging Face folder that AutoModelForSequenceClassification.from_pretrained loads (train/hf.py).
 
 Every export is another checkpoint folder that archive.sh and the handler serve as they are; its
 config.json records what was done (removed_layers, runtime, onnx_fusions, quantization, precision).
@@ -37,7 +40,9 @@ def layer_list(text):
 def parse_args(argv):
     p = argparse.ArgumentParser(description="Write a lighter variant of a checkpoint.")
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--out", required=True, help="new checkpoint folder")
+    p.add_argument("--out", help="new checkpoint folder")
+    p.add_argument("--hf", metavar="DIR",
+                   help="instead: a Hugging Face *ForSequenceClassification folder, for transformers' own tools")
     p.add_argument("--remove-layers", type=layer_list, default=[],
                    help="comma-separated transformer layer indices to drop")
     p.add_argument("--onnx", action="store_true", help="an ONNX graph run by onnxruntime")
@@ -54,6 +59,10 @@ def parse_args(argv):
                    help="run the PyTorch model under bfloat16 autocast (fast on CPUs with AVX-512 BF16 or AMX)")
     p.add_argument("--opset", type=int, default=17)
     args = p.parse_args(argv)
+    if bool(args.out) == bool(args.hf):
+        p.error("give either --out (a lighter checkpoint) or --hf (a Hugging Face folder)")
+    if args.hf and (args.remove_layers or args.onnx or args.fuse or args.int8 or args.bf16):
+        p.error("--hf writes the checkpoint as it is: export lighter variants with --out")
     args.onnx = args.onnx or args.fuse or args.int8
     if args.bf16 and args.onnx:
         p.error("--bf16 applies to the PyTorch runtime; it does not combine with --onnx, --fuse or --int8")
@@ -77,7 +86,7 @@ def export_onnx(model, tokenizer, out, opset):
     if model.config.embedding == "transformer":
         # the plain attention ops trace into the pattern ONNX Runtime's attention fusion recognises; the
         # result is the same as with scaled_dot_product_attention
-        model.embedding.model.set_attn_implementation("eager")
+        model.backbone.set_attn_implementation("eager")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
@@ -159,9 +168,9 @@ def run(args):
         if config.embedding != "transformer":
             raise CheckpointError("--remove-layers needs a transformer checkpoint")
         # record indices of the original model: map the current positions back through earlier removals
-        before = model.embedding.model.config.num_hidden_layers + len(config.removed_layers)
+        before = model.backbone.config.num_hidden_layers + len(config.removed_layers)
         kept = [i for i in range(before) if i not in set(config.removed_layers)]
-        remove_layers(model.embedding.model, drop)
+        remove_layers(model.backbone, drop)
         config.removed_layers = sorted(config.removed_layers + [kept[i] for i in drop])
     if args.bf16:
         if not has_bf16():
@@ -178,7 +187,7 @@ def run(args):
         if args.onnx:
             export_onnx(model.eval(), tokenizer, stage, args.opset)
             if args.fuse:
-                meta["onnx_fused_ops"] = onnx_step("fuse", fuse_onnx, stage / ONNX_GRAPH, model.embedding.model.config)
+                meta["onnx_fused_ops"] = onnx_step("fuse", fuse_onnx, stage / ONNX_GRAPH, model.backbone.config)
                 config.onnx_fusions = True
             if args.int8:
                 config.quantization = quantization_name(args)
@@ -206,6 +215,9 @@ def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
     try:
+        if args.hf:
+            from .hf import export_hf
+            return export_hf(args.checkpoint, args.hf)
         return run(args)
     except CheckpointError as e:
         log.error("%s", e)

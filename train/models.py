@@ -3,9 +3,9 @@ import logging
 from pathlib import Path
 
 from textclf.config import ModelConfig
-from textclf.embeddings import TransformerEmbedding
+from textclf.embeddings import TransformerEmbedding, remove_layers
 from textclf.errors import CheckpointError, DataError
-from textclf.model import TextClassifier
+from textclf.model import SequenceClassifier, TextClassifier
 from textclf.tokenization import HFTokenizer
 
 from .glove import build_vocabulary
@@ -40,6 +40,23 @@ def embedding_kind(spec):
                     "Hugging Face model folder holding config.json")
 
 
+def head_model(config, source):
+    """The backbone with its architecture's own sequence-classification head (a new head when the folder
+    has none, or one with another number of labels)."""
+    from transformers import AutoModelForSequenceClassification
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            str(source), num_labels=config.num_labels, local_files_only=True, ignore_mismatched_sizes=True)
+    except (OSError, ValueError) as e:
+        raise DataError(source, None, f"cannot load a sequence classifier from this folder: {e}") from None
+    model.config.problem_type = "single_label_classification"
+    if config.removed_layers:
+        remove_layers(model.base_model, config.removed_layers)
+    if config.freeze_transformer:
+        model.base_model.requires_grad_(False)
+    return SequenceClassifier(config, model)
+
+
 def build(cfg, texts, num_labels):
     """-> (model, tokenizer) for a new run."""
     kind, source = embedding_kind(cfg.embedding)
@@ -51,6 +68,9 @@ def build(cfg, texts, num_labels):
         densenet_layers=cfg.densenet_layers, densenet_growth=cfg.densenet_growth,
         densenet_kernel_size=cfg.densenet_kernel_size, dsa_heads=cfg.dsa_heads, dsa_size=cfg.dsa_size,
         dsa_iterations=cfg.dsa_iterations)
+    if kind == "transformer" and cfg.encoder == "head":
+        config.validate()
+        return head_model(config, source), HFTokenizer.load(source)
     if kind == "transformer":
         config.validate()
         tokenizer = HFTokenizer.load(source)
