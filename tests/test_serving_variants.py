@@ -1,7 +1,9 @@
-"""One real TorchServe serving six small models at once, each archived with ./archive.sh from a checkpoint
-made in this test run: GloVe (a text file) + CNN, random + DenseNet-DSA, tiny BERT + CNN, and three exports
-of the tiny BERT + CLS model: ONNX Runtime int8 of the fused graph, plain ONNX, and PyTorch bf16. Every one answers as the in-process Predictor does, and
-refuses a bad request without harm. The same handler serves them all, with no per-variant branches.
+"""One real TorchServe serving seven small models at once, each archived with ./archive.sh from a checkpoint
+made in this test run: GloVe (a text file) + CNN, random + DenseNet-DSA, tiny BERT + CNN, three exports
+of the tiny BERT + CLS model (ONNX Runtime int8 of the fused graph, plain ONNX, and PyTorch bf16), and a
+RoBERTa sequence classifier with a byte-level BPE tokenizer imported from a Hugging Face folder. Every one
+answers as the in-process Predictor does (the imported one as transformers does), and refuses a bad request
+without harm. The same handler serves them all, with no per-variant branches.
 """
 from concurrent.futures import ThreadPoolExecutor
 
@@ -35,8 +37,16 @@ def train(data, out, embedding, encoder, extra):
     return out / "checkpoint-best"
 
 
+def imported_roberta(base, minilm_dir):
+    from test_import_hf import build_hf_folder
+    from train.import_hf import main
+    hf = build_hf_folder(base / "roberta-hf", "roberta", minilm_dir)
+    assert main(["--model", str(hf), "--out", str(base / "roberta")]) == 0
+    return base / "roberta"
+
+
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory, toy_data_dir, tiny_bert_dir, tiny_ckpt, glove_cnn_ckpt, exported):
+def checkpoints(tmp_path_factory, toy_data_dir, tiny_bert_dir, tiny_ckpt, glove_cnn_ckpt, exported, minilm_dir):
     """name -> checkpoint folder; the served model name is the .mar name."""
     base = tmp_path_factory.mktemp("variants")
     return {
@@ -48,6 +58,7 @@ def checkpoints(tmp_path_factory, toy_data_dir, tiny_bert_dir, tiny_ckpt, glove_
         "bert-int8": exported(tiny_ckpt, "--fuse", "--int8"),
         "bert-onnx": exported(tiny_ckpt, "--onnx"),
         "bert-bf16": exported(tiny_ckpt, "--bf16"),
+        "roberta-hf": imported_roberta(base, minilm_dir),
     }
 
 
@@ -65,7 +76,7 @@ def predictors(checkpoints):
     return {name: Predictor.from_checkpoint(folder) for name, folder in checkpoints.items()}
 
 
-NAMES = ["glove-cnn", "random-dsa", "bert-cnn", "bert-int8", "bert-onnx", "bert-bf16"]
+NAMES = ["glove-cnn", "random-dsa", "bert-cnn", "bert-int8", "bert-onnx", "bert-bf16", "roberta-hf"]
 
 
 def test_every_model_is_registered_with_one_ready_worker(server, checkpoints):
@@ -121,3 +132,15 @@ def test_a_bad_request_gets_400_and_the_model_still_answers(server, predictors, 
     r = server.predict("application/json", json_body={"text": "bake bread for dinner", "top_k": 1}, model=name)
     assert r.status_code == 200, r.text
     assert_same(r.json(), predictors[name].predict(["bake bread for dinner"], top_k=1)[0])
+
+
+def test_an_imported_model_serves_the_probabilities_transformers_computes(server, checkpoints):
+    from test_import_hf import LABELS, transformers_probabilities
+    folder = checkpoints["roberta-hf"]
+    expected = transformers_probabilities(folder.parent / "roberta-hf", TEXTS, Predictor.from_checkpoint(folder).max_length)
+    r = server.predict("application/json", json_body={"texts": TEXTS, "top_k": 3}, model="roberta-hf")
+    assert r.status_code == 200, r.text
+    for answer, row in zip(r.json()["predictions"], expected):
+        assert answer["label"] == LABELS[int(row.argmax())]
+        assert {x["label"]: x["score"] for x in answer["top_k"]} == pytest.approx(
+            {LABELS[i]: float(p) for i, p in enumerate(row)}, abs=1e-5)
