@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
 # Package a checkpoint folder into model_store/NAME.mar: handler + textclf/ model code + checkpoint files.
-# Usage: ./archive.sh CHECKPOINT_DIR [NAME]      (NAME defaults to the run folder's name)
+# Usage: ./archive.sh [--gpu] CHECKPOINT_DIR [NAME]      (NAME defaults to the run folder's name)
+#   --gpu: GPU workers (handlers/model-config-gpu.yaml laid over the model-config; see that file)
 # Environment: MODEL_CONFIG (default handlers/model-config.yaml), MODEL_STORE (default model_store/).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 die() { echo "archive.sh: $*" >&2; exit 2; }
 
-[ $# -ge 1 ] && [ $# -le 2 ] || die "usage: archive.sh CHECKPOINT_DIR [NAME]"
+GPU=""
+if [ "${1:-}" = "--gpu" ]; then GPU=1; shift; fi
+case "${1:-}" in -*) die "unknown option '$1' (usage: archive.sh [--gpu] CHECKPOINT_DIR [NAME])" ;; esac
+[ $# -ge 1 ] && [ $# -le 2 ] || die "usage: archive.sh [--gpu] CHECKPOINT_DIR [NAME]"
 CKPT="$1"
 [ -d "$CKPT" ] || die "checkpoint folder '$CKPT' does not exist"
 CKPT="$(cd "$CKPT" && pwd)"
@@ -44,13 +48,32 @@ for f in metrics.json train_args.json; do [ -f "$CKPT/$f" ] && cp "$CKPT/$f" "$S
 mkdir -p "$STAGE/textclf"
 cp "$ROOT"/textclf/*.py "$STAGE/textclf/"
 
+CONFIG="${MODEL_CONFIG:-$ROOT/handlers/model-config.yaml}"
+[ -f "$CONFIG" ] || die "model-config '$CONFIG' does not exist"
+if [ -n "$GPU" ]; then
+  # the GPU keys laid over the model-config (handler: key by key): one source for every other setting
+  "$PY" - "$CONFIG" "$ROOT/handlers/model-config-gpu.yaml" "$WORK/model-config.yaml" <<'PYEOF' || exit 2
+import sys
+import yaml
+base, gpu, out = sys.argv[1:]
+config = yaml.safe_load(open(base, encoding="utf-8")) or {}
+over = yaml.safe_load(open(gpu, encoding="utf-8")) or {}
+handler = {**(config.get("handler") or {}), **(over.pop("handler", None) or {})}
+config.update(over)
+config["handler"] = handler
+with open(out, "w", encoding="utf-8") as f:
+    yaml.safe_dump(config, f, sort_keys=False)
+PYEOF
+  CONFIG="$WORK/model-config.yaml"
+fi
+
 STORE="${MODEL_STORE:-$ROOT/model_store}"
 mkdir -p "$STORE"
 TMPDIR="$WORK" "$ARCHIVER" --model-name "$NAME" --version 1.0 \
   --handler "$ROOT/handlers/text_classifier.py" \
   --extra-files "$STAGE" \
-  --config-file "${MODEL_CONFIG:-$ROOT/handlers/model-config.yaml}" \
+  --config-file "$CONFIG" \
   --export-path "$STORE" --force
 MAR="$STORE/$NAME.mar"
 [ -f "$MAR" ] || die "torch-model-archiver did not write $MAR"
-echo "$MAR $(du -h "$MAR" | cut -f1)"
+echo "$MAR $(du -h "$MAR" | cut -f1)${GPU:+ (GPU workers)}"

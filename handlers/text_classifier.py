@@ -54,9 +54,9 @@ class TextClassifierHandler(BaseHandler):
         # the other cores idle when the other workers are.
         self.cores, self.threads, self._borrow_lock = cores, threads, None
         self.parallel_min_texts = int(settings.get("parallel_min_texts", 32)) or 1 << 30
-        gpu = props.get("gpu_id")
-        device = f"cuda:{gpu}" if gpu is not None and torch.cuda.is_available() else "cpu"
-        self.predictor = Predictor.from_checkpoint(props["model_dir"], device, threads)
+        device = self._device(props.get("gpu_id"), yaml_config.get("deviceType"))
+        self.predictor = Predictor.from_checkpoint(props["model_dir"], device, threads,
+                                                   str(settings.get("cuda_precision", "fp16")))
         self.predictor.pass_overhead_tokens = int(settings.get("pass_overhead_tokens",
                                                                self.predictor.pass_overhead_tokens))
         self.top_k = min(int(settings.get("top_k", 3)), len(self.predictor.labels))
@@ -66,8 +66,21 @@ class TextClassifierHandler(BaseHandler):
         with torch.inference_mode():
             self.predictor.predict_proba(WARMUP_TEXTS)
         self.initialized = True
-        log.info("loaded %s on %s with %d torch threads, %d labels, in %.1fs", props["model_dir"], device,
-                 threads, len(self.predictor.labels), time.time() - started)
+        log.info("loaded %s on %s (%s) with %d torch threads, %d labels, in %.1fs", props["model_dir"], device,
+                 self.predictor.precision, threads, len(self.predictor.labels), time.time() - started)
+
+    @staticmethod
+    def _device(gpu_id, device_type):
+        """cuda:<the GPU TorchServe gave this worker>, or the CPU, saying why when a GPU was asked for."""
+        if gpu_id is not None and torch.cuda.is_available():
+            return f"cuda:{int(gpu_id)}"
+        if gpu_id is not None:
+            log.warning("TorchServe gave this worker GPU %s, but CUDA is not available to PyTorch here (torch %s): "
+                        "running on CPU", gpu_id, torch.__version__)
+        elif str(device_type).lower() == "gpu":
+            log.warning("the model-config asks for GPU workers (deviceType: gpu), but TorchServe sees no GPU "
+                        "(number_of_gpu 0): running on CPU")
+        return "cpu"
 
     def _is_explain(self):
         # BaseHandler reads request 0's "explain" header for the whole batch, but TorchServe batches

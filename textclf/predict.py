@@ -113,9 +113,30 @@ class Predictor:
         # bf16: matrix products in bfloat16 (autocast keeps softmax and layer norms in float32); pays on
         # CPUs with AVX-512 BF16 or AMX, and on GPUs
         self.precision = precision
+        self.autocast = precision == "bf16"
 
     @classmethod
-    def from_checkpoint(cls, folder, device="cpu", threads=None):
+    def from_checkpoint(cls, folder, device="cpu", threads=None, cuda_precision="fp16"):
+        """cuda_precision (fp16 | bf16 | fp32): on a CUDA device, the weights of a PyTorch checkpoint in that
+        type (cast()), fp16 unless told; ignored elsewhere and for ONNX checkpoints."""
+        predictor = cls._load(folder, device, threads)
+        if predictor.device.type == "cuda" and isinstance(predictor.model, torch.nn.Module):
+            predictor.cast(cuda_precision)
+        return predictor
+
+    def cast(self, precision):
+        """Run the model with fp16 or bf16 weights and products (a GPU's fast path; softmax and everything
+        after the logits stay float32); "fp32" keeps the weights as they are."""
+        dtypes = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": None}
+        if precision not in dtypes:
+            raise CheckpointError(f"unknown precision {precision!r}; choose one of {', '.join(dtypes)}")
+        if dtypes[precision] is not None:
+            self.model.to(dtypes[precision])
+            self.precision, self.autocast = precision, False
+        return self
+
+    @classmethod
+    def _load(cls, folder, device="cpu", threads=None):
         folder = readable(folder)
         config = check_folder(folder)
         if config.runtime == "onnx":
@@ -130,7 +151,7 @@ class Predictor:
 
     def forward(self, inputs):
         """Logits for encoded inputs, in this checkpoint's precision."""
-        if self.precision == "bf16":
+        if self.autocast:
             with torch.autocast(self.device.type, dtype=torch.bfloat16):
                 return self.model(**inputs)
         return self.model(**inputs)
@@ -153,18 +174,27 @@ class Predictor:
             chunk = order[start: start + TOKENIZE_CHUNK]
             started = time.perf_counter()
             encoded = self.tokenizer.encode([texts[i] for i in chunk], self.max_length)
-            lengths = encoded["attention_mask"].sum(dim=1).tolist()
-            by_length = sorted(range(len(chunk)), key=lengths.__getitem__)
             self._add(stats, tokenize_ms=(time.perf_counter() - started) * 1e3)
-            for group in passes([lengths[i] for i in by_length], batch_size, self.pass_overhead_tokens):
-                rows = [by_length[i] for i in group]
-                width = max(lengths[i] for i in rows)
-                inputs = {k: v[rows, :width].to(self.device) for k, v in encoded.items()}
-                started = time.perf_counter()
-                logits = self.forward(inputs)
-                out[[chunk[i] for i in rows]] = logits.float().softmax(dim=-1).cpu().numpy()
-                self._add(stats, forward_passes=1, texts=len(rows), tokens=sum(lengths[i] for i in rows),
-                          padded_tokens=width * len(rows), forward_ms=(time.perf_counter() - started) * 1e3)
+            out[chunk] = self.predict_encoded(encoded, batch_size, stats)
+        return out
+
+    @torch.inference_mode()
+    def predict_encoded(self, encoded, batch_size=64, stats=None):
+        """Softmax probabilities (B, num_labels), float32 numpy, of texts already tokenized: encoded is
+        tokenizer.encode() output ({"input_ids", "attention_mask"}: (B, T), right-padded). Rows are forwarded
+        in passes of similar token length as in predict_proba (which calls this); stats as there."""
+        lengths = encoded["attention_mask"].sum(dim=1).tolist()
+        by_length = sorted(range(len(lengths)), key=lengths.__getitem__)
+        out = np.empty((len(lengths), len(self.labels)), dtype=np.float32)
+        for group in passes([lengths[i] for i in by_length], batch_size, self.pass_overhead_tokens):
+            rows = [by_length[i] for i in group]
+            width = max(lengths[i] for i in rows)
+            inputs = {k: v[rows, :width].to(self.device) for k, v in encoded.items()}   # (b, width)
+            started = time.perf_counter()
+            logits = self.forward(inputs)
+            out[rows] = logits.float().softmax(dim=-1).cpu().numpy()
+            self._add(stats, forward_passes=1, texts=len(rows), tokens=sum(lengths[i] for i in rows),
+                      padded_tokens=width * len(rows), forward_ms=(time.perf_counter() - started) * 1e3)
         return out
 
     @staticmethod
