@@ -73,12 +73,12 @@ def write_config(path, model_store, overrides=None, base=ROOT / "config.properti
     return read_properties(path)
 
 
-def archive(checkpoint, name, model_store, model_config=None, timeout=300):
-    """./archive.sh CHECKPOINT NAME into model_store (a private temp dir of its own); -> the .mar path."""
+def archive(checkpoint, name, model_store, model_config=None, timeout=300, gpu=False):
+    """./archive.sh [--gpu] CHECKPOINT NAME into model_store (a private temp dir of its own); -> the .mar path."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"MODEL_STORE": str(model_store)}
     if model_config:
         env["MODEL_CONFIG"] = str(model_config)
-    done = subprocess.run([str(ROOT / "archive.sh"), str(checkpoint), name], cwd=ROOT, env=env, timeout=timeout,
+    done = subprocess.run([str(ROOT / "archive.sh"), *(["--gpu"] if gpu else []), str(checkpoint), name], cwd=ROOT, env=env, timeout=timeout,
                           capture_output=True, text=True)
     mar = Path(model_store) / f"{name}.mar"
     if done.returncode != 0 or not mar.is_file():

@@ -13,8 +13,10 @@ JDK="${JDK:-/usr/lib/jvm/java-17-openjdk-amd64}"
 [ -d "$JDK/jmods" ] || { echo "prepare.sh: $JDK has no jmods/ (a full JDK 17 is needed for jlink); set JDK=" >&2; exit 2; }
 WORK="$(mktemp -d)"; trap 'rm -rf "$WORK"' EXIT
 
-MINILM="$($PY -c 'from train.models import minilm_folder; print(minilm_folder())')"
-$PY benchmarks/gpu/transfer.py fp16 "$MINILM" "$CARRY/minilm16"
+if [ -z "${SKIP_MINILM:-}" ]; then   # SKIP_MINILM=1: no minilm16/ (benchmarks/gpu/measure.sh carries a checkpoint)
+  MINILM="$($PY -c 'from train.models import minilm_folder; print(minilm_folder())')"
+  $PY benchmarks/gpu/transfer.py fp16 "$MINILM" "$CARRY/minilm16"
+fi
 
 "$JDK/bin/jlink" --module-path "$JDK/jmods" --output "$WORK/jre" --strip-debug --no-header-files --no-man-pages \
   --add-modules java.base,java.logging,java.management,java.naming,java.sql,java.xml,java.desktop,java.scripting,jdk.unsupported,java.net.http,jdk.crypto.ec,java.instrument,jdk.management,java.security.jgss,java.prefs,jdk.zipfs,java.compiler,java.rmi,jdk.localedata \
