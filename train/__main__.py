@@ -70,7 +70,8 @@ def run(cfg, ranks):
     if data.test:
         from textclf.predict import Predictor
         from .loop import evaluate_examples
-        predictor = Predictor.from_checkpoint(Path(cfg.out) / "checkpoint-best", device)
+        # the model as trained: float32 on a GPU too (serving and train.evaluate default to fp16 there)
+        predictor = Predictor.from_checkpoint(Path(cfg.out) / "checkpoint-best", device, cuda_precision="fp32")
         test, _ = evaluate_examples(predictor, data.test, cfg.eval_batch_size)
         summary["test_accuracy"], summary["test_macro_f1"] = test["accuracy"], test["macro_f1"]
         log.info("checkpoint-best: test accuracy %.4f (%d/%d), macro-F1 %.4f", test["accuracy"], test["correct"],

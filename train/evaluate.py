@@ -28,6 +28,8 @@ def parse_args(argv):
     p.add_argument("--out", help="folder for evaluation JSON, confusion PNG and errors (default: beside the checkpoint)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--cuda-precision", choices=("fp16", "bf16", "fp32"), default="fp16",
+                   help="on a CUDA device: the weights' type, as the GPU handler runs them (default fp16)")
     p.add_argument("--latency-examples", type=int, default=200, help="examples timed one at a time")
     p.add_argument("--worst", type=int, default=50, help="how many of the most confident errors to list")
     return p.parse_args(argv)
@@ -90,7 +92,8 @@ def main(argv=None):
     try:
         path = find_split(args.data, args.split, True)
         examples, _ = read_examples(path, args.columns, args.skip_empty)
-        predictor = Predictor.from_checkpoint(args.checkpoint, args.device, args.threads or None)
+        predictor = Predictor.from_checkpoint(args.checkpoint, args.device, args.threads or None,
+                                              args.cuda_precision)
         result, errors = evaluate(predictor, examples, path)
     except (DataError, CheckpointError) as e:
         log.error("%s", e)
@@ -101,7 +104,7 @@ def main(argv=None):
     out = Path(args.out) if args.out else ckpt.parent
     out.mkdir(parents=True, exist_ok=True)
     stem = f"eval-{ckpt.name}-{args.split}"
-    summary = {"checkpoint": str(ckpt), "data": str(path), "device": args.device,
+    summary = {"checkpoint": str(ckpt), "data": str(path), "device": args.device, "precision": predictor.precision,
                "threads": torch.get_num_threads(), **result, **speed}
     (out / f"{stem}.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / f"{stem}-errors.jsonl").write_text(
