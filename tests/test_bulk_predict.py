@@ -273,3 +273,13 @@ def test_tokenize_workers_from_the_command_line(tiny_ckpt, tmp_path):
     assert run_bulk(tiny_ckpt, src, tmp_path / "w0.tsv", "--chunk", "16") == 0
     assert run_bulk(tiny_ckpt, src, tmp_path / "w1.tsv", "--chunk", "16", "--tokenize-workers", "1") == 0
     assert (tmp_path / "w1.tsv").read_bytes() == (tmp_path / "w0.tsv").read_bytes()
+
+
+def test_tokenize_workers_auto_is_none_on_cpu_and_some_on_a_gpu(monkeypatch):
+    from train import predict
+    monkeypatch.setattr(predict, "usable_cores", lambda: 16)
+    assert predict.tokenize_workers("auto", "cpu") == 0
+    assert predict.tokenize_workers("auto", "cuda:1") == 8
+    assert predict.tokenize_workers(3, "cpu") == 3
+    monkeypatch.setattr(predict, "usable_cores", lambda: 2)
+    assert predict.tokenize_workers("auto", "cuda") == 1

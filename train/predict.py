@@ -30,8 +30,12 @@ def parse_args(argv=None):
     b.add_argument("--batch-size", type=int, default=64, help="texts per forward pass at most")
     b.add_argument("--chunk", type=int, default=8192, help="records read, classified and written at a time")
     b.add_argument("--threads", type=int, default=None, help="torch threads (default: the usable cores)")
-    b.add_argument("--tokenize-workers", type=int, default=0,
-                   help="processes tokenizing the next chunks while this one runs the model (0: none)")
+    b.add_argument("--tokenize-workers", type=workers_arg, default="auto",
+                   help="processes tokenizing the next chunks while this one runs the model (0: none); auto: none "
+                        "on CPU, where the model needs every core (BENCHMARKS.md \"Classify a whole file\"), and "
+                        "up to 8 with a GPU, which one tokenizing process cannot keep fed")
+    b.add_argument("--cuda-precision", choices=("fp16", "bf16", "fp32"), default="fp16",
+                   help="on a CUDA device: the weights' type (default fp16, as the GPU handler runs them)")
     b.add_argument("--field", default="text", help="the text's field (JSON Lines) or column (CSV)")
     b.add_argument("--columns", choices=COLUMNS, default="auto", help="TSV column order (auto: detected)")
     args = p.parse_args(argv)
@@ -39,9 +43,28 @@ def parse_args(argv=None):
         p.error("--input and --output go together")
     if args.input and args.texts:
         p.error("give texts or --input, not both")
-    if min(args.batch_size, args.chunk) < 1 or args.tokenize_workers < 0 or (args.threads or 1) < 1:
-        p.error("--batch-size, --chunk and --threads must be positive, --tokenize-workers not negative")
+    if min(args.batch_size, args.chunk) < 1 or (args.threads or 1) < 1:
+        p.error("--batch-size, --chunk and --threads must be positive")
     return args
+
+
+def workers_arg(text):
+    if text == "auto":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected auto or a number of processes (0 or more), got {text!r}")
+    return value
+
+
+def tokenize_workers(asked, device):
+    """auto: none on CPU; on a GPU one per core left beside this process, at most 8."""
+    if asked != "auto":
+        return asked
+    return min(8, max(1, usable_cores() - 1)) if str(device).startswith("cuda") else 0
 
 
 def bulk_main(args):
@@ -49,7 +72,8 @@ def bulk_main(args):
     threads = args.threads or usable_cores()
     torch.set_num_threads(threads)
     try:
-        predictor = Predictor.from_checkpoint(args.checkpoint, args.device, threads)
+        predictor = Predictor.from_checkpoint(args.checkpoint, args.device, threads, args.cuda_precision)
+        args.tokenize_workers = tokenize_workers(args.tokenize_workers, predictor.device)
         return bulk.run(predictor, args)
     except (DataError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
