@@ -116,7 +116,7 @@ def largest(ts, checkpoint, long_data, model_config, rounds):
     docs = [e.text for e in read_examples(long_data)[0]][:n]
     texts = [d[: total // n] for d in docs]
     config = ModelConfig.from_json_file(Path(checkpoint) / "config.json")
-    tokenizer = load_tokenizer(Path(checkpoint) / "tokenizer", config.embedding)
+    tokenizer = load_tokenizer(Path(checkpoint) / "tokenizer", config.embedding, config.normalization)
     tokens = int(tokenizer.encode(texts, config.max_length)["attention_mask"].sum())
     seconds = [batch(ts, "model", texts)[0] for _ in range(rounds)]
     return {"texts": len(texts), "characters": sum(map(len, texts)), "tokens": tokens,

@@ -60,6 +60,7 @@ class TextClassifierHandler(BaseHandler):
         self.predictor.pass_overhead_tokens = int(settings.get("pass_overhead_tokens",
                                                                self.predictor.pass_overhead_tokens))
         self.top_k = min(int(settings.get("top_k", 3)), len(self.predictor.labels))
+        self._reject_settings(settings)
         model = (getattr(context, "manifest", None) or {}).get("model", {})
         self.model_name = model.get("modelName") or getattr(context, "model_name", "model")
         self.model_version = str(model.get("modelVersion", "1.0"))
@@ -68,6 +69,15 @@ class TextClassifierHandler(BaseHandler):
         self.initialized = True
         log.info("loaded %s on %s (%s) with %d torch threads, %d labels, in %.1fs", props["model_dir"], device,
                  self.predictor.precision, threads, len(self.predictor.labels), time.time() - started)
+
+    def _reject_settings(self, settings):
+        """handler.out_of_scope_threshold overrides the checkpoint's (a number, or "none" to answer every text
+        in scope); handler.fallback_label names the label an out-of-scope answer carries (default null)."""
+        if "out_of_scope_threshold" in settings:
+            value = settings["out_of_scope_threshold"]
+            self.predictor.out_of_scope_threshold = None if value in (None, "none") else float(value)
+        fallback = settings.get("fallback_label")
+        self.predictor.fallback_label = None if fallback is None else str(fallback)
 
     @staticmethod
     def _device(gpu_id, device_type):
@@ -136,8 +146,8 @@ class TextClassifierHandler(BaseHandler):
         return parsed
 
     def _classify(self, requests, stats):
-        """{position: probabilities (n_texts, num_labels) or Failure} for [(position, Request)]: one shared
-        run in bounded forward passes; if that raises, each request alone."""
+        """{position: logits (n_texts, num_labels) or Failure} for [(position, Request)]: one shared run in
+        bounded forward passes; if that raises, each request alone."""
         if not requests:
             return {}
         texts = [t for _, r in requests for t in r.texts]
@@ -159,10 +169,10 @@ class TextClassifierHandler(BaseHandler):
     def _predict(self, texts, stats):
         threads = self._threads_for(len(texts))
         if threads == self.threads or not self._borrow():
-            return self.predictor.predict_proba(texts, self.batch_texts, stats)
+            return self.predictor.predict_logits(texts, self.batch_texts, stats)
         torch.set_num_threads(threads)
         try:
-            return self.predictor.predict_proba(texts, self.batch_texts, stats)
+            return self.predictor.predict_logits(texts, self.batch_texts, stats)
         finally:
             torch.set_num_threads(self.threads)
             fcntl.flock(self._borrow_lock, fcntl.LOCK_UN)
@@ -211,10 +221,11 @@ class TextClassifierHandler(BaseHandler):
         results.update({i: self._explain(i, r, stats) for i, r in valid if r.explain})
         return parsed, results, stats
 
-    def _answer(self, request, result):
+    def _answer(self, request, result, stats):
         if request.explain:
             return result[0] if request.form == "one" else {"explanations": result}
-        predictions = self.predictor.top_k(result, request.top_k)
+        predictions = self.predictor.answers(result, request.top_k)
+        stats["out_of_scope"] = stats.get("out_of_scope", 0) + sum(p.get("out_of_scope", False) for p in predictions)
         if request.form == "one":
             return predictions[0]
         if request.form in ("many", "v1"):
@@ -230,11 +241,16 @@ class TextClassifierHandler(BaseHandler):
                       "data": [x["label"] for row in ranked for x in row]},
             "score": {"name": "score", "shape": shape, "datatype": "FP32",
                       "data": [x["score"] for row in ranked for x in row]},
+            # per text: below the reject threshold (its label and score columns still rank the labels)
+            "out_of_scope": {"name": "out_of_scope", "shape": [n], "datatype": "BOOL",
+                             "data": [p.get("out_of_scope", False) for p in predictions]},
         }
         answer = {"model_name": self.model_name, "model_version": self.model_version}
         if request.id is not None:
             answer["id"] = request.id
-        answer["outputs"] = [columns[name] for name in request.outputs]
+        names = request.outputs or (("label", "score") + (
+            ("out_of_scope",) if self.predictor.out_of_scope_threshold is not None else ()))
+        answer["outputs"] = [columns[name] for name in names]
         return answer
 
     def postprocess(self, output):
@@ -247,7 +263,7 @@ class TextClassifierHandler(BaseHandler):
             result = results.get(idx)
             error = result if isinstance(item, Request) else item
             if isinstance(item, Request) and not isinstance(result, Failure):
-                answer = json.dumps(self._answer(item, result), ensure_ascii=False, separators=(",", ":"))
+                answer = json.dumps(self._answer(item, result, stats), ensure_ascii=False, separators=(",", ":"))
                 size = len(answer.encode("utf-8"))
                 if size <= self.max_answer_bytes:
                     answers.append(answer)
@@ -273,7 +289,7 @@ class TextClassifierHandler(BaseHandler):
             metrics.add_counter(METRIC_PREFIX + "requests_total", statuses.count(status), None,
                                 [Dimension("outcome", outcome), Dimension("status", str(status))])
         metrics.add_counter(METRIC_PREFIX + "batches_total", 1, None, [])
-        for key in ("forward_passes", "texts", "tokens", "padded_tokens"):
+        for key in ("forward_passes", "texts", "tokens", "padded_tokens", "out_of_scope"):
             if stats.get(key):
                 metrics.add_counter(f"{METRIC_PREFIX}{key}_total", stats[key], None, [])
         for key in ("tokenize_ms", "forward_ms"):

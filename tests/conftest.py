@@ -105,7 +105,7 @@ def toy_data_dir(tmp_path_factory):
 def train_args(data, out, embedding, encoder="cls", epochs=10, lr="2e-3", extra=()):
     return ["--data", str(data), "--out", str(out), "--embedding", str(embedding), "--encoder", encoder,
             "--epochs", str(epochs), "--lr", lr, "--batch-size", "8", "--max-length", "32",
-            "--warmup-ratio", "0", "--dropout", "0", "--threads", "1", *extra]
+            "--warmup-ratio", "0", "--dropout", "0", "--threads", "1", "--calibrate", "false", *extra]
 
 
 @pytest.fixture(scope="session")

@@ -140,8 +140,8 @@ def test_reading_streams_a_chunk_at_a_time(tiny_ckpt, tmp_path, monkeypatch):
     assert 0 < lines.position < lines.size / 4   # only the start of the file was read
     records.close()
     predictor, seen = Predictor.from_checkpoint(tiny_ckpt), []
-    original = predictor.predict_proba
-    monkeypatch.setattr(predictor, "predict_proba", lambda texts, *a: seen.append(len(texts)) or original(texts, *a))
+    original = predictor.predict_logits
+    monkeypatch.setattr(predictor, "predict_logits", lambda texts, *a: seen.append(len(texts)) or original(texts, *a))
     assert bulk.classify_file(predictor, src, tmp_path / "out.jsonl", chunk=64) == (400, 0)
     assert seen == [64] * 6 + [16]
 
@@ -261,7 +261,7 @@ def test_tokenize_workers_give_the_same_output(tiny_ckpt, tmp_path, monkeypatch)
     assert run_bulk(tiny_ckpt, src, tmp_path / "w0.jsonl", "--chunk", "40", "--top-k", "3") == 0
     predictor = Predictor.from_checkpoint(tiny_ckpt)
     # the main process only runs the model: tokenizing here would fail
-    monkeypatch.setattr(predictor, "predict_proba", None)
+    monkeypatch.setattr(predictor, "predict_logits", None)
     monkeypatch.setattr(predictor.tokenizer, "encode", None)
     assert bulk.classify_file(predictor, src, tmp_path / "w2.jsonl", checkpoint=tiny_ckpt, top_k=3, chunk=40,
                               tokenize_workers=2) == (300, 0)

@@ -312,7 +312,7 @@ def test_v2_inputs():
     r = request({"body": v2(["play jazz", "rain?"], id="req-7", parameters={"top_k": 2})}, JSON)
     assert (r.form, r.texts, r.id, r.top_k, r.top_k_asked) == ("v2", ["play jazz", "rain?"], "req-7", 2, True)
     r = request({"body": v2([["a"], ["b"]], shape=[2, 1])}, JSON, top_k=3)
-    assert (r.texts, r.id, r.top_k, r.top_k_asked, r.outputs) == (["a", "b"], None, 3, False, ("label", "score"))
+    assert (r.texts, r.id, r.top_k, r.top_k_asked, r.outputs) == (["a", "b"], None, 3, False, None)   # None: the default outputs
     r = request({"body": v2("one text", shape=[1], outputs=[{"name": "score"}])}, JSON)
     assert (r.texts, r.outputs) == (["one text"], ("score",))
 

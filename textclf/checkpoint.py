@@ -181,7 +181,7 @@ def load_checkpoint(folder, device="cpu"):
     labels = load_labels(folder / "labels.json")
     if len(labels) != config.num_labels:
         raise CheckpointError(f"labels.json has {len(labels)} labels, config.json says num_labels={config.num_labels}")
-    tokenizer = load_tokenizer(folder / "tokenizer", config.embedding)
+    tokenizer = load_tokenizer(folder / "tokenizer", config.embedding, config.normalization)
     if config.embedding != "transformer" and len(tokenizer) != config.vocab_size:
         raise CheckpointError(f"tokenizer/vocab.txt has {len(tokenizer)} words, config.json says vocab_size={config.vocab_size}")
     model = build_model(folder, config)

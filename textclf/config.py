@@ -22,6 +22,10 @@ QUANTIZATIONS = ("", "ort-dynamic-int8-per-channel", "ort-dynamic-int8", "ort-dy
 # written by exports before int8 moved to ONNX Runtime (torch.ao's quantize_dynamic, deprecated)
 TORCH_QUANTIZATIONS = ("dynamic-int8-per-channel", "dynamic-int8")
 PRECISIONS = ("fp32", "bf16")               # bf16: the forward pass runs under torch.autocast (bfloat16)
+# what the reject option thresholds (higher = more in scope): the calibrated top probability, or the negative
+# free energy T * logsumexp(logits / T) (benchmarks/open_set.py compares them)
+OUT_OF_SCOPE_SCORES = ("probability", "energy")
+NORMALIZATIONS = ("", "NFKC")               # Unicode normalisation of texts before tokenizing ("": none)
 
 
 @dataclasses.dataclass
@@ -52,6 +56,12 @@ class ModelConfig:
     runtime: str = "torch"                  # torch | onnx
     precision: str = "fp32"                 # fp32 | bf16 (torch runtime)
     onnx_fusions: bool = False              # ONNX Runtime's transformer fusions applied to model.onnx
+    # scores (train.calibrate): probabilities are softmax(logits / temperature); a text whose
+    # out_of_scope_score is below out_of_scope_threshold (None: never) is answered "out of scope"
+    temperature: float = 1.0
+    out_of_scope_score: str = "probability"
+    out_of_scope_threshold: float = None
+    normalization: str = "NFKC"             # new checkpoints; a config.json without the field reads ""
     format_version: int = FORMAT_VERSION
 
     def validate(self):
@@ -79,6 +89,16 @@ class ModelConfig:
             raise CheckpointError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
         if self.precision != "fp32" and self.runtime != "torch":
             raise CheckpointError(f"precision {self.precision!r} needs runtime 'torch', got {self.runtime!r}")
+        if not (isinstance(self.temperature, (int, float)) and 0 < self.temperature < 1e3):
+            raise CheckpointError(f"temperature must be a positive number, got {self.temperature!r}")
+        if self.out_of_scope_score not in OUT_OF_SCOPE_SCORES:
+            raise CheckpointError(f"unknown out_of_scope_score {self.out_of_scope_score!r}; choose one of "
+                                  f"{', '.join(OUT_OF_SCOPE_SCORES)}")
+        if self.out_of_scope_threshold is not None and not isinstance(self.out_of_scope_threshold, (int, float)):
+            raise CheckpointError(f"out_of_scope_threshold must be a number or null, got {self.out_of_scope_threshold!r}")
+        if self.normalization not in NORMALIZATIONS:
+            raise CheckpointError(f"unknown normalization {self.normalization!r}; choose one of "
+                                  f"{', '.join(repr(n) for n in NORMALIZATIONS)}")
         if self.num_labels < 2:
             raise CheckpointError(f"num_labels must be at least 2, got {self.num_labels}")
         if self.max_length < 1:
@@ -97,6 +117,7 @@ class ModelConfig:
         unknown = sorted(set(raw) - known)
         if unknown:
             raise CheckpointError(f"{path} has unknown fields: {', '.join(unknown)}")
+        raw.setdefault("normalization", "")   # checkpoints from before normalisation read their texts as they are
         return cls(**raw).validate()
 
 

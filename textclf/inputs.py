@@ -63,6 +63,9 @@ class Limits:
         return cls(**{f.name: int(settings.get(f.name, f.default)) for f in dataclasses.fields(cls)})
 
 
+V2_OUTPUTS = ("label", "score", "out_of_scope")
+
+
 @dataclasses.dataclass
 class Request:
     texts: list                 # one or more validated texts
@@ -70,7 +73,8 @@ class Request:
     form: str                   # one of FORMS: the shape the answer takes
     top_k_asked: bool = False   # the client named top_k (v2 returns the top-k outputs only then)
     id: str = None              # v2 request id, echoed
-    outputs: tuple = ("label", "score")    # v2 outputs to return
+    outputs: tuple = None       # v2 outputs to return (None: label, score, and out_of_scope where the model
+                                # has a reject threshold)
     label: str = None           # explanations: the label to explain (default: the predicted one)
     explain: bool = False       # set by the handler: /explanations or :explain
 
@@ -219,12 +223,13 @@ def _from_v2(obj, labels, top_k, limits):
     k, asked = _v2_top_k(obj.get("parameters"), len(labels), top_k)
     if "parameters" in tensor and not asked:
         k, asked = _v2_top_k(tensor["parameters"], len(labels), top_k)
-    outputs = ("label", "score")
+    outputs = None
     if "outputs" in obj:
         wanted = obj["outputs"]
-        if not isinstance(wanted, list) or not all(isinstance(o, dict) and o.get("name") in outputs for o in wanted):
-            raise RequestError("'outputs' must be an array of objects whose \"name\" is \"label\" or \"score\"")
-        outputs = tuple(dict.fromkeys(o["name"] for o in wanted)) or outputs
+        if not isinstance(wanted, list) or not all(isinstance(o, dict) and o.get("name") in V2_OUTPUTS for o in wanted):
+            raise RequestError("'outputs' must be an array of objects whose \"name\" is \"label\", \"score\" or "
+                               "\"out_of_scope\"")
+        outputs = tuple(dict.fromkeys(o["name"] for o in wanted)) or None
     return Request(texts, k, "v2", asked, request_id, outputs)
 
 

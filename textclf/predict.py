@@ -106,7 +106,7 @@ class _OnnxModel:
 
 
 class Predictor:
-    def __init__(self, model, tokenizer, labels, max_length, device="cpu", precision="fp32"):
+    def __init__(self, model, tokenizer, labels, max_length, device="cpu", precision="fp32", config=None):
         self.model, self.tokenizer, self.labels = model, tokenizer, labels
         self.max_length, self.device = max_length, torch.device(device)
         self.pass_overhead_tokens = PASS_OVERHEAD_TOKENS
@@ -114,6 +114,12 @@ class Predictor:
         # CPUs with AVX-512 BF16 or AMX, and on GPUs
         self.precision = precision
         self.autocast = precision == "bf16"
+        # scores (config.json, from train.calibrate): probabilities = softmax(logits / temperature); a text whose
+        # in-scope score is below out_of_scope_threshold is answered "out of scope" (label None, or fallback_label)
+        self.temperature = float(getattr(config, "temperature", 1.0))
+        self.out_of_scope_score = getattr(config, "out_of_scope_score", "probability")
+        self.out_of_scope_threshold = getattr(config, "out_of_scope_threshold", None)
+        self.fallback_label = None
 
     @classmethod
     def from_checkpoint(cls, folder, device="cpu", threads=None, cuda_precision="fp16"):
@@ -144,10 +150,10 @@ class Predictor:
             if len(labels) != config.num_labels:
                 raise CheckpointError(f"labels.json has {len(labels)} labels, config.json says {config.num_labels}")
             model = _OnnxModel(folder / ONNX_GRAPH, device, threads)
-            tokenizer = load_tokenizer(folder / "tokenizer", config.embedding)
-            return cls(model, tokenizer, labels, config.max_length, "cpu")
+            tokenizer = load_tokenizer(folder / "tokenizer", config.embedding, config.normalization)
+            return cls(model, tokenizer, labels, config.max_length, "cpu", config=config)
         model, tokenizer, labels = load_checkpoint(folder, device)
-        return cls(model, tokenizer, labels, config.max_length, device, config.precision)
+        return cls(model, tokenizer, labels, config.max_length, device, config.precision, config)
 
     def forward(self, inputs):
         """Logits for encoded inputs, in this checkpoint's precision."""
@@ -159,9 +165,25 @@ class Predictor:
     def encode(self, texts):
         return {k: v.to(self.device) for k, v in self.tokenizer.encode(texts, self.max_length).items()}
 
-    @torch.inference_mode()
     def predict_proba(self, texts, batch_size=64, stats=None):
-        """Softmax probabilities (N, num_labels) as float32 numpy.
+        """Softmax probabilities (N, num_labels) as float32 numpy, at the checkpoint's temperature."""
+        return self.probabilities(self.predict_logits(texts, batch_size, stats))
+
+    def probabilities(self, logits):
+        """softmax(logits / temperature) in float32 (N, num_labels)."""
+        z = torch.as_tensor(logits, dtype=torch.float32) / self.temperature
+        return z.softmax(dim=-1).numpy()
+
+    def in_scope(self, logits):
+        """The score the reject option thresholds (higher = more in scope), one per row of logits."""
+        z = torch.as_tensor(logits, dtype=torch.float32) / self.temperature
+        if self.out_of_scope_score == "energy":
+            return (self.temperature * torch.logsumexp(z, dim=-1)).numpy()
+        return z.softmax(dim=-1).max(dim=-1).values.numpy()
+
+    @torch.inference_mode()
+    def predict_logits(self, texts, batch_size=64, stats=None):
+        """Logits (N, num_labels) as float32 numpy.
 
         Texts are tokenized together (in chunks of TOKENIZE_CHUNK, by character length), then forwarded in
         passes of at most batch_size texts of similar token length (passes()), so that a long text does not
@@ -180,9 +202,9 @@ class Predictor:
 
     @torch.inference_mode()
     def predict_encoded(self, encoded, batch_size=64, stats=None):
-        """Softmax probabilities (B, num_labels), float32 numpy, of texts already tokenized: encoded is
-        tokenizer.encode() output ({"input_ids", "attention_mask"}: (B, T), right-padded). Rows are forwarded
-        in passes of similar token length as in predict_proba (which calls this); stats as there."""
+        """Logits (B, num_labels), float32 numpy, of texts already tokenized: encoded is tokenizer.encode()
+        output ({"input_ids", "attention_mask"}: (B, T), right-padded). Rows are forwarded in passes of similar
+        token length as in predict_logits (which calls this); stats as there."""
         lengths = encoded["attention_mask"].sum(dim=1).tolist()
         by_length = sorted(range(len(lengths)), key=lengths.__getitem__)
         out = np.empty((len(lengths), len(self.labels)), dtype=np.float32)
@@ -192,7 +214,7 @@ class Predictor:
             inputs = {k: v[rows, :width].to(self.device) for k, v in encoded.items()}   # (b, width)
             started = time.perf_counter()
             logits = self.forward(inputs)
-            out[rows] = logits.float().softmax(dim=-1).cpu().numpy()
+            out[rows] = logits.float().cpu().numpy()
             self._add(stats, forward_passes=1, texts=len(rows), tokens=sum(lengths[i] for i in rows),
                       padded_tokens=width * len(rows), forward_ms=(time.perf_counter() - started) * 1e3)
         return out
@@ -213,5 +235,17 @@ class Predictor:
             results.append({"label": ranked[0]["label"], "score": ranked[0]["score"], "top_k": ranked})
         return results
 
+    def answers(self, logits, k):
+        """top_k() of the logits' probabilities, with the reject option: where a threshold is set every answer
+        says "out_of_scope", and one below it has label None (or fallback_label) and keeps its scores."""
+        results = self.top_k(self.probabilities(logits), k)
+        if self.out_of_scope_threshold is None:
+            return results
+        for result, score in zip(results, self.in_scope(logits)):
+            result["out_of_scope"] = bool(score < self.out_of_scope_threshold)
+            if result["out_of_scope"]:
+                result["label"] = self.fallback_label
+        return results
+
     def predict(self, texts, top_k=1, batch_size=64):
-        return self.top_k(self.predict_proba(texts, batch_size), top_k)
+        return self.answers(self.predict_logits(texts, batch_size), top_k)

@@ -4,6 +4,7 @@ encode(texts, max_length) -> {"input_ids": (B, T) int64, "attention_mask": (B, T
 longest text in the batch (never to max_length) and truncated to max_length.
 """
 import re
+import unicodedata
 from collections import Counter
 from pathlib import Path
 
@@ -13,6 +14,12 @@ from .errors import CheckpointError
 
 PAD, UNK = "[PAD]", "[UNK]"
 _WORD = re.compile(r"[^\W_]+")   # runs of letters and digits; punctuation and apostrophes split
+
+
+def normalize(texts, form):
+    """Texts in Unicode normal form `form` (NFKC: full-width and compatibility characters as their plain
+    letters); form "" leaves them as they are."""
+    return [unicodedata.normalize(form, t) for t in texts] if form else list(texts)
 
 
 def split_words(text):
@@ -31,6 +38,8 @@ def _pad(rows, pad_id=0):
 
 class WordTokenizer:
     """Lower-cased word tokenizer; id 0 is [PAD], id 1 is [UNK]."""
+
+    normalization = ""   # set from config.json by load_tokenizer (and by training for a new model)
 
     def __init__(self, words):
         words = list(words)
@@ -57,7 +66,7 @@ class WordTokenizer:
         return ids or [1]   # a text with no word still gets one position
 
     def encode(self, texts, max_length):
-        return _pad([self.tokenize(t, max_length) for t in texts])
+        return _pad([self.tokenize(t, max_length) for t in normalize(texts, self.normalization)])
 
     def save(self, folder):
         folder = Path(folder)
@@ -74,6 +83,7 @@ class WordTokenizer:
 
 class HFTokenizer:
     """A Hugging Face fast tokenizer loaded from a local folder only."""
+    normalization = ""
 
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
@@ -91,7 +101,7 @@ class HFTokenizer:
 
     def encode(self, texts, max_length):
         # right padding always: Predictor cuts a pass's columns at its longest text
-        enc = self.tokenizer(list(texts), padding="longest", truncation=True, max_length=max_length,
+        enc = self.tokenizer(normalize(texts, self.normalization), padding="longest", truncation=True, max_length=max_length,
                              return_tensors="pt", return_token_type_ids=False, padding_side="right")
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
@@ -99,5 +109,7 @@ class HFTokenizer:
         self.tokenizer.save_pretrained(str(folder))
 
 
-def load_tokenizer(folder, embedding):
-    return HFTokenizer.load(folder) if embedding == "transformer" else WordTokenizer.load(folder)
+def load_tokenizer(folder, embedding, normalization=""):
+    tokenizer = HFTokenizer.load(folder) if embedding == "transformer" else WordTokenizer.load(folder)
+    tokenizer.normalization = normalization
+    return tokenizer

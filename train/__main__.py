@@ -67,6 +67,10 @@ def run(cfg, ranks):
         return 0
     best = max(history, key=lambda r: r["valid_accuracy"]) if history else None
     summary = {"train_seconds": round(wall, 1), "epochs": len(history), "best": best, "ranks": ranks.world}
+    if cfg.calibrate and data.valid and (Path(cfg.out) / "checkpoint-best").is_dir():
+        from .calibrate import calibrate
+        summary["calibration"] = calibrate(Path(cfg.out) / "checkpoint-best", data.valid, device,
+                                           cfg.target_precision or None)
     if data.test:
         from textclf.predict import Predictor
         from .loop import evaluate_examples

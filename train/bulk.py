@@ -290,7 +290,7 @@ def _init_worker(folder):
     torch.set_num_threads(1)
     try:
         config = check_folder(folder)
-        _worker.update(tokenizer=load_tokenizer(Path(folder) / "tokenizer", config.embedding),
+        _worker.update(tokenizer=load_tokenizer(Path(folder) / "tokenizer", config.embedding, config.normalization),
                        max_length=config.max_length)
     except Exception as e:  # handed to the main process as it is
         _worker["error"] = e
@@ -330,7 +330,7 @@ def _encoded_in_order(pool, chunks, ahead):
         yield done, future.result()
 
 
-def _proba_of_pieces(predictor, n, pieces, batch_size):
+def _logits_of_pieces(predictor, n, pieces, batch_size):
     out = np.empty((n, len(predictor.labels)), dtype=np.float32)
     for positions, encoded in pieces:
         out[positions] = predictor.predict_encoded({k: torch.from_numpy(v) for k, v in encoded.items()}, batch_size)
@@ -359,13 +359,13 @@ def _classified(predictor, chunks, batch_size, checkpoint, workers):
     tokenized in that many spawned processes while this one runs the model."""
     if not workers:
         for chunk in chunks:
-            yield chunk, predictor.predict_proba([text for _, _, text in chunk], batch_size)
+            yield chunk, predictor.predict_logits([text for _, _, text in chunk], batch_size)
         return
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
                              initargs=(str(checkpoint),)) as pool:
         for chunk, pieces in _encoded_in_order(pool, chunks, 2 * workers):
-            yield chunk, _proba_of_pieces(predictor, len(chunk), pieces, batch_size)
+            yield chunk, _logits_of_pieces(predictor, len(chunk), pieces, batch_size)
 
 
 def classify_file(predictor, src, dst, *, checkpoint=None, top_k=1, batch_size=64, chunk=8192, field="text",
@@ -385,9 +385,9 @@ def classify_file(predictor, src, dst, *, checkpoint=None, top_k=1, batch_size=6
     indexed = itertools.islice(((i, n, t) for i, (n, t) in enumerate(records)), done // chunk * chunk, None)
     written = 0
     with out, tqdm(total=lines.size, unit="B", unit_scale=True, desc=src.name, file=sys.stderr) as bar:
-        for part, probs in _classified(predictor, _chunks(indexed, chunk), batch_size, checkpoint,
+        for part, logits in _classified(predictor, _chunks(indexed, chunk), batch_size, checkpoint,
                                        tokenize_workers):
-            rows = [(n, t, r) for (i, n, t), r in zip(part, predictor.top_k(probs, top_k)) if i >= done]
+            rows = [(n, t, r) for (i, n, t), r in zip(part, predictor.answers(logits, top_k)) if i >= done]
             out.write("".join(write(n, t, r, top_k) for n, t, r in rows).encode("utf-8"))
             out.flush()
             written += len(rows)

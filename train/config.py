@@ -29,6 +29,12 @@ class TrainConfig:
     max_grad_norm: float = _field(1.0, "gradient clipping norm")
     max_length: int = _field(128, "tokens per text; longer texts are truncated")
     dropout: float = _field(0.1, "dropout before the classifier")
+    normalization: str = _field("NFKC", "Unicode normalisation of every text before tokenizing, in training and "
+                                "serving alike: NFKC (full-width and compatibility forms as plain letters) or none",
+                                choices=("NFKC", "none"))
+    calibrate: bool = _field(True, "after training, fit the temperature of checkpoint-best on valid (train.calibrate)")
+    target_precision: float = _field(0.0, "if set, also store an out-of-scope threshold: the lowest whose in-scope "
+                                     "precision on valid reaches this (see train.calibrate); 0: none")
     seed: int = _field(42, "seed for initialisation, shuffling and the valid split")
     length_buckets: int = _field(0, "if N > 0, batch texts of similar length together: shuffle, sort each run of "
                                  "N batches by text length, cut it into batches and shuffle those (less padding, "

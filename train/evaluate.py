@@ -62,14 +62,33 @@ def evaluate(predictor, examples, path):
     for e in examples:
         if e.label not in index:
             raise DataError(path, e.line, f"label {e.label!r} is not one of the checkpoint's labels")
-    probs = predictor.predict_proba([e.text for e in examples])
+    logits = predictor.predict_logits([e.text for e in examples])
+    probs = predictor.probabilities(logits)
     pred = probs.argmax(axis=1)
-    result = scores([index[e.label] for e in examples], pred, predictor.labels)
+    gold = [index[e.label] for e in examples]
+    result = scores(gold, pred, predictor.labels)
+    result["calibration"] = calibration_scores(predictor, logits, gold)
     wrong = [i for i, e in enumerate(examples) if pred[i] != index[e.label]]
     wrong.sort(key=lambda i: -probs[i, pred[i]])
     errors = [{"line": examples[i].line, "text": examples[i].text, "gold": examples[i].label,
                "predicted": predictor.labels[pred[i]], "score": float(probs[i, pred[i]])} for i in wrong]
     return result, errors
+
+
+def calibration_scores(predictor, logits, gold):
+    """ECE (15 bins) and NLL at T = 1 and at the checkpoint's temperature; with a reject threshold, the share
+    of texts answered (coverage) and the accuracy of those answers."""
+    from .calibration import ece, nll, softmax
+    before, after = ece(softmax(logits), gold), ece(predictor.probabilities(logits), gold)
+    out = {"temperature": predictor.temperature, "ece_before": before[0], "ece_after": after[0],
+           "nll_before": nll(logits, gold), "nll_after": nll(logits, gold, predictor.temperature),
+           "bins_before": before[1], "bins_after": after[1]}
+    if predictor.out_of_scope_threshold is not None:
+        accepted = predictor.in_scope(logits) >= predictor.out_of_scope_threshold
+        right = predictor.probabilities(logits).argmax(1) == np.asarray(gold)
+        out.update(out_of_scope_threshold=predictor.out_of_scope_threshold, coverage=float(accepted.mean()),
+                   accepted_accuracy=float(right[accepted].mean()) if accepted.any() else None)
+    return out
 
 
 def report(result, speed, labels):
@@ -79,6 +98,12 @@ def report(result, speed, labels):
     for lab in labels:
         c = result["per_class"][lab]
         lines.append(f"{lab:<28} {c['precision']:>9.4f} {c['recall']:>9.4f} {c['f1']:>9.4f} {c['support']:>8}")
+    c = result["calibration"]
+    lines.append(f"ECE (15 bins) {c['ece_before']:.4f} at T = 1 -> {c['ece_after']:.4f} at T = {c['temperature']:.3f}; "
+                 f"NLL {c['nll_before']:.4f} -> {c['nll_after']:.4f}")
+    if "coverage" in c:
+        lines.append(f"out-of-scope threshold {c['out_of_scope_threshold']:.4f}: {c['coverage']:.1%} of texts answered, "
+                     f"accuracy of those {c['accepted_accuracy']:.4f}")
     lines.append(f"{speed['ms_per_example_batch1']:.2f} ms/example at batch 1 (median), "
                  f"{speed['examples_per_second_batch32']:.1f} examples/s at batch 32")
     return "\n".join(lines)
@@ -109,10 +134,14 @@ def main(argv=None):
     (out / f"{stem}.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / f"{stem}-errors.jsonl").write_text(
         "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in errors[: args.worst]), encoding="utf-8")
-    from .plots import plot_confusion
+    from .plots import plot_confusion, plot_reliability
     plot_confusion(result["confusion"], predictor.labels, out / f"{stem}-confusion.png",
                    f"{ckpt.parent.name}/{ckpt.name}\n{path.name}: accuracy {result['accuracy']:.4f}")
-    print(f"wrote {out / (stem + '.json')}, {stem}-confusion.png, {stem}-errors.jsonl")
+    c = result["calibration"]
+    plot_reliability((c["ece_before"], c["bins_before"]), (c["ece_after"], c["bins_after"]),
+                     out / f"{stem}-reliability.png", f"{ckpt.parent.name}/{ckpt.name}, {path.name}: "
+                     f"temperature {c['temperature']:.3f}")
+    print(f"wrote {out / (stem + '.json')}, {stem}-confusion.png, {stem}-reliability.png, {stem}-errors.jsonl")
     return 0
 
 

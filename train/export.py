@@ -161,7 +161,8 @@ def run(args):
         raise CheckpointError(f"{src} is a {model.config.precision} export; export from the float checkpoint")
     if args.fuse and model.config.embedding != "transformer":
         raise CheckpointError("--fuse needs a transformer checkpoint (word-embedding models have nothing to fuse)")
-    reference = Predictor(model, tokenizer, labels, model.config.max_length).predict_proba(CHECK_TEXTS)
+    reference = Predictor(model, tokenizer, labels, model.config.max_length, config=model.config).predict_proba(
+        CHECK_TEXTS)
     config = copy.deepcopy(model.config)
     drop = args.remove_layers
     if drop:

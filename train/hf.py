@@ -8,6 +8,9 @@ AutoModelForSequenceClassification.from_pretrained(DIR) loads with the same prob
   the probabilities differ from ours by less than PARITY. Fine-tuning such a folder further starts from that
   unusual pooler: train with --encoder head for a plain one;
 - anything else (word embeddings, CNN and DenseNet encoders, CLS on other backbones) is refused by name.
+The checkpoint's temperature is folded into the last linear layer (logits / T) and its NFKC normalisation into
+the tokenizer's normalizer, so transformers gives the same probabilities; an out-of-scope threshold has no
+Hugging Face form and stays behind (a warning says so).
 """
 import copy
 import logging
@@ -60,6 +63,23 @@ def _bert_with_identity_pooler(model, labels):
     return hf
 
 
+def _fold_temperature(hf, num_labels, temperature):
+    """logits / T, exactly: the head's last linear layer (the one with num_labels outputs) divided by T."""
+    last = [m for m in hf.modules() if isinstance(m, torch.nn.Linear) and m.out_features == num_labels][-1]
+    with torch.no_grad():
+        last.weight.div_(temperature)
+        if last.bias is not None:
+            last.bias.div_(temperature)
+
+
+def _fold_normalization(tokenizer, form):
+    """The checkpoint's Unicode normalisation ahead of the tokenizer's own normalizer (tokenizer.json)."""
+    from tokenizers import normalizers
+    backend = tokenizer.backend_tokenizer
+    steps = [getattr(normalizers, form)()] + ([backend.normalizer] if backend.normalizer is not None else [])
+    backend.normalizer = normalizers.Sequence(steps)
+
+
 def to_hf_model(model, labels):
     """A transformers *ForSequenceClassification equal to model (a loaded checkpoint), labels named."""
     config = model.config
@@ -76,6 +96,8 @@ def to_hf_model(model, labels):
     hf.config.id2label = dict(enumerate(labels))
     hf.config.label2id = {label: i for i, label in enumerate(labels)}
     hf.config.problem_type = "single_label_classification"
+    if config.temperature != 1.0:
+        _fold_temperature(hf, len(labels), config.temperature)
     return hf
 
 
@@ -89,12 +111,18 @@ def export_hf(checkpoint, out):
                               "checkpoint to Hugging Face")
     model, tokenizer, labels = load_checkpoint(src)
     hf = to_hf_model(model, labels)
-    ours = Predictor(model, tokenizer, labels, config.max_length).predict_proba(CHECK_TEXTS)
+    ours = Predictor(model, tokenizer, labels, config.max_length, config=config).predict_proba(CHECK_TEXTS)
+    if config.out_of_scope_threshold is not None:
+        log.warning("%s has an out-of-scope threshold (%s on %s): transformers has no such rule, so the Hugging "
+                    "Face folder answers every text with a label", src, config.out_of_scope_threshold,
+                    config.out_of_scope_score)
     stage = out.with_name(out.name + ".export")
     shutil.rmtree(stage, ignore_errors=True)
     try:
         hf.save_pretrained(str(stage))
         tokenizer.tokenizer.model_max_length = config.max_length   # transformers then truncates where we do
+        if config.normalization:
+            _fold_normalization(tokenizer.tokenizer, config.normalization)
         tokenizer.save(stage)
         loaded = AutoModelForSequenceClassification.from_pretrained(str(stage), local_files_only=True).eval()
         theirs = reference_probabilities(loaded, AutoTokenizer.from_pretrained(str(stage), local_files_only=True),

@@ -115,7 +115,8 @@ def run(args):
     labels = labels_of(folder, hf_config)
     tokenizer = HFTokenizer.load(folder)
     config = ModelConfig(embedding="transformer", encoder="head", num_labels=len(labels),
-                         max_length=max_length_for(args, tokenizer, hf_config), dropout=0.0).validate()
+                         max_length=max_length_for(args, tokenizer, hf_config), dropout=0.0,
+                         normalization="").validate()   # texts as transformers reads them
     classifier = SequenceClassifier(config, model)
     reference = reference_probabilities(model, tokenizer.tokenizer, CHECK_TEXTS, config.max_length)
     # built beside --out and swapped in only once it answers as transformers does

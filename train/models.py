@@ -6,7 +6,7 @@ from textclf.config import ModelConfig
 from textclf.embeddings import TransformerEmbedding, remove_layers
 from textclf.errors import CheckpointError, DataError
 from textclf.model import SequenceClassifier, TextClassifier
-from textclf.tokenization import HFTokenizer
+from textclf.tokenization import HFTokenizer, normalize
 
 from .glove import build_vocabulary
 
@@ -67,7 +67,14 @@ def build(cfg, texts, num_labels):
         kernel_sizes=cfg.int_list("kernel_sizes"), num_filters=cfg.num_filters,
         densenet_layers=cfg.densenet_layers, densenet_growth=cfg.densenet_growth,
         densenet_kernel_size=cfg.densenet_kernel_size, dsa_heads=cfg.dsa_heads, dsa_size=cfg.dsa_size,
-        dsa_iterations=cfg.dsa_iterations)
+        dsa_iterations=cfg.dsa_iterations, normalization="" if cfg.normalization == "none" else cfg.normalization)
+    model, tokenizer = _build(cfg, config, kind, source, normalize(texts, config.normalization))
+    tokenizer.normalization = config.normalization
+    return model, tokenizer
+
+
+def _build(cfg, config, kind, source, texts):
+    """The model and tokenizer of `config`; texts: the training texts, normalised (word vocabularies)."""
     if kind == "transformer" and cfg.encoder == "head":
         config.validate()
         return head_model(config, source), HFTokenizer.load(source)

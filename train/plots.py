@@ -52,3 +52,26 @@ def plot_confusion(matrix, labels, png, title="confusion matrix"):
     fig.savefig(png, dpi=100)
     plt.close(fig)
     return png
+
+
+def plot_reliability(before, after, png, title="reliability"):
+    """Reliability diagram: accuracy against confidence per bin, before and after temperature scaling.
+    before/after: (ece, [(low, high, count, accuracy, confidence)]) from train.calibration.ece."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.plot([0, 1], [0, 1], ":", color="gray", label="perfect calibration")
+    for (value, table), name, style in ((before, "T = 1", "o--"), (after, "calibrated", "s-")):
+        if table:
+            conf = [row[4] for row in table]
+            acc = [row[3] for row in table]
+            ax.plot(conf, acc, style, label=f"{name}: ECE {value:.4f}")
+    ax.set_xlabel("confidence (top probability, mean per bin)")
+    ax.set_ylabel("accuracy in the bin")
+    ax.set_xlim(0, 1.01)
+    ax.set_ylim(0, 1.01)
+    ax.legend(loc="upper left")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return png

@@ -69,10 +69,11 @@ class Classifier:
 
     def __call__(self, batch):
         import numpy as np
-        probs = self.predictor.predict_proba(list(batch["text"]), self.batch_size)
-        results = self.predictor.top_k(probs, 1)
+        results = self.predictor.predict(list(batch["text"]), 1, self.batch_size)
         batch["label"] = np.array([r["label"] for r in results], dtype=object)
         batch["score"] = np.array([r["score"] for r in results], dtype=np.float64)
+        if self.predictor.out_of_scope_threshold is not None:
+            batch["out_of_scope"] = np.array([r["out_of_scope"] for r in results], dtype=bool)
         return batch
 
 

@@ -143,7 +143,8 @@ def stage_tokenizer(ckpt, scale):
     """Texts/s of the fast tokenizer in one process: what one tokenizing process can feed a device."""
     from textclf.checkpoint import check_folder
     from textclf.tokenization import load_tokenizer
-    tokenizer = load_tokenizer(Path(ckpt) / "tokenizer", check_folder(ckpt).embedding)
+    config = check_folder(ckpt)
+    tokenizer = load_tokenizer(Path(ckpt) / "tokenizer", config.embedding, config.normalization)
     pool = snips_texts(SNIPS_TRAIN)
     texts = [pool[i % len(pool)] for i in range(scale["tokenizer_texts"])]
     started = time.perf_counter()

@@ -1,0 +1,171 @@
+"""Open-set behaviour: how well a Snips classifier says "none of these", by score, for MiniLM CLS and GloVe CNN.
+
+    python -m benchmarks.open_set [--leave-out A,B] [--far 700] --out results/open-set
+
+Leave-two-intents-out (as in the open intent classification literature): two intents (default: drawn with a
+fixed seed from the seven) are removed from train and valid; each model is trained on the five others
+(python -m train, which also fits the temperature on valid); the test sentences of the two left out are the
+near out-of-scope texts, and SST-2 and R52 test texts (the first --far of each) the far ones. For each score
+- msp: the top softmax probability at T = 1,
+- calibrated: the top probability at the fitted temperature,
+- energy: T * logsumexp(logits / T) (the negative free energy),
+it reports AUROC (in-scope against out-of-scope), the share of out-of-scope texts accepted at the threshold that
+keeps 95 % of the in-scope ones, and accuracy-at-coverage curves (a PNG per model; out-of-scope texts count as
+errors when accepted). Writes OUT/open_set.json, OUT/open_set.md, OUT/coverage-MODEL.png.
+"""
+import argparse
+import json
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.common import ROOT, git_commit, machine, machine_line, versions
+from textclf.data import read_examples
+from train.calibration import coverage_curve, in_scope_score, open_set_metrics
+
+SCORES = ("msp", "calibrated", "energy")
+MODELS = {   # name: python -m train flags (the quickstart's MiniLM recipe; the GloVe CNN of the accuracy table)
+    "minilm-cls": ["--embedding", "minilm", "--encoder", "cls", "--epochs", "1", "--lr", "1e-4"],
+    "glove-cnn": ["--embedding", "glove", "--encoder", "cnn", "--epochs", "2"],
+}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data", type=Path, default=ROOT / "data" / "snips")
+    p.add_argument("--leave-out", default="", help="two intents to leave out (default: drawn with --seed)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--far", type=int, default=700, help="SST-2 and R52 test texts used as far out-of-scope, each")
+    p.add_argument("--models", default=",".join(MODELS))
+    p.add_argument("--runs", type=Path, default=ROOT / "runs" / "open-set")
+    p.add_argument("--retrain", action="store_true", help="train again even where a run exists")
+    p.add_argument("--out", type=Path, default=ROOT / "results" / "open-set")
+    return p.parse_args(argv)
+
+
+def split_data(data, leave_out, folder):
+    """folder/{train,valid,test}.txt without the left-out intents -> the left-out test texts (near out-of-scope)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    near = []
+    for split in ("train", "valid", "test"):
+        examples, _ = read_examples(next(data.glob(f"{split}.*")))
+        kept = [e for e in examples if e.label not in leave_out]
+        near += [e.text for e in examples if e.label in leave_out and split == "test"]
+        (folder / f"{split}.txt").write_text("".join(f"{e.text}\t{e.label}\n" for e in kept), encoding="utf-8")
+    return near
+
+
+def far_texts(n):
+    texts = {}
+    for name in ("sst2", "r52"):
+        path = next((ROOT / "data" / name).glob("test.*"))
+        texts[name] = [e.text for e in read_examples(path)[0][:n]]
+    return texts
+
+
+def train(name, data, runs, retrain):
+    run = runs / name
+    if retrain or not (run / "checkpoint-best" / "config.json").is_file():
+        command = [sys.executable, "-m", "train", "--data", str(data), "--out", str(run), "--seed", "42",
+                   *MODELS[name]]
+        print("training:", " ".join(command[1:]), flush=True)
+        subprocess.run(command, cwd=ROOT, check=True)
+    return run / "checkpoint-best"
+
+
+def evaluate(ckpt, in_examples, near, far):
+    from textclf.predict import Predictor
+    predictor = Predictor.from_checkpoint(ckpt)
+    index = {label: i for i, label in enumerate(predictor.labels)}
+    gold = np.array([index[e.label] for e in in_examples])
+    logits = {"in": predictor.predict_logits([e.text for e in in_examples]), "near": predictor.predict_logits(near)}
+    logits.update({f"far-{k}": predictor.predict_logits(v) for k, v in far.items()})
+    t = predictor.temperature
+    right = logits["in"].argmax(1) == gold
+    result = {"temperature": t, "in_scope_accuracy": float(right.mean()), "scores": {}}
+    curves = {}
+    for score in SCORES:
+        s = {k: in_scope_score(v, score, t) for k, v in logits.items()}
+        far_all = np.concatenate([s[k] for k in s if k.startswith("far-")])
+        result["scores"][score] = {
+            "near": open_set_metrics(s["in"], s["near"]),
+            "far": open_set_metrics(s["in"], far_all),
+            **{k: open_set_metrics(s["in"], s[k]) for k in s if k.startswith("far-")}}
+        both = np.concatenate([s["in"], s["near"]])
+        correct = np.concatenate([right, np.zeros(len(s["near"]), dtype=bool)])
+        curves[score] = coverage_curve(both, correct)
+    result["coverage_curves"] = curves
+    return result
+
+
+def plot(name, result, png, leave_out):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    for score, points in result["coverage_curves"].items():
+        near = result["scores"][score]["near"]
+        ax.plot([c for c, _ in points], [a for _, a in points], label=f"{score} (near AUROC {near['auroc']:.3f})")
+    ax.set_xlabel("coverage (share of in-scope + left-out test texts answered)")
+    ax.set_ylabel("accuracy of the answered (left-out ones count as wrong)")
+    ax.set_title(f"{name}, Snips without {' and '.join(leave_out)}", fontsize=9)
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+
+
+def table(results, leave_out, args):
+    lines = [f"# Open-set: Snips without {' and '.join(leave_out)}", "",
+             f"`{' '.join(['python -m benchmarks.open_set'] + sys.argv[1:])}`; {machine_line()}.", "",
+             "Near: the test sentences of the two intents left out of training; far: SST-2 and R52 test texts "
+             f"({args.far} each). FPR@95: out-of-scope texts accepted at the threshold keeping 95 % of in-scope ones.",
+             "", "| model | score | near AUROC | near FPR@95 | far AUROC | far FPR@95 |", "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for name, r in results.items():
+        for score in SCORES:
+            s = r["scores"][score]
+            lines.append(f"| {name} | {score} | {s['near']['auroc']:.4f} | {s['near']['fpr_at_95_tpr']:.3f} | "
+                         f"{s['far']['auroc']:.4f} | {s['far']['fpr_at_95_tpr']:.3f} |")
+    lines.append("")
+    for name, r in results.items():
+        lines.append(f"- {name}: in-scope test accuracy {r['in_scope_accuracy']:.4f} (5 intents), temperature "
+                     f"{r['temperature']:.3f}")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    started = time.time()
+    examples, _ = read_examples(next(args.data.glob("train.*")))
+    labels = sorted({e.label for e in examples})
+    leave_out = args.leave_out.split(",") if args.leave_out else sorted(random.Random(args.seed).sample(labels, 2))
+    assert len(leave_out) == 2 and set(leave_out) <= set(labels), leave_out
+    data = args.runs / "data"
+    near = split_data(args.data, set(leave_out), data)
+    in_examples, _ = read_examples(data / "test.txt")
+    far = far_texts(args.far)
+    results = {}
+    for name in args.models.split(","):
+        ckpt = train(name, data, args.runs, args.retrain)
+        results[name] = evaluate(ckpt, in_examples, near, far)
+        print(name, json.dumps({k: {s: v["near"]["auroc"] for s, v in r["scores"].items()}
+                                for k, r in {name: results[name]}.items()}), flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, r in results.items():
+        plot(name, r, args.out / f"coverage-{name}.png", leave_out)
+    record = {"command": " ".join(["python -m benchmarks.open_set"] + sys.argv[1:]), "leave_out": leave_out,
+              "near_texts": len(near), "in_scope_texts": len(in_examples), "far_texts": {k: len(v) for k, v in far.items()},
+              "machine": machine(), "versions": versions(), "commit": git_commit(),
+              "seconds": round(time.time() - started, 1), "results": results}
+    (args.out / "open_set.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    (args.out / "open_set.md").write_text(table(results, leave_out, args), encoding="utf-8")
+    print((args.out / "open_set.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

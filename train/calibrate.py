@@ -1,0 +1,123 @@
+"""python -m train.calibrate --checkpoint CKPT --data DIR [--target-precision P | --threshold X | --no-threshold]
+
+Fits the temperature that makes the checkpoint's probabilities mean what they say (softmax(logits / T), T
+minimising the negative log-likelihood on the valid split) and, optionally, the out-of-scope threshold: below
+it an answer says "out_of_scope" (label null) instead of naming a class. Both are written into the
+checkpoint's config.json, which every variant and the handler read. Training runs this on checkpoint-best.
+
+--target-precision P: the lowest threshold whose in-scope precision on valid (the accuracy of the answers it
+accepts) reaches P. --threshold X sets one by hand, --no-threshold removes it; --score chooses what is
+thresholded (probability: the calibrated top probability; energy: T * logsumexp(logits / T)).
+Without a valid file in DIR, the examples training held out of train are used (as train.optimize does).
+"""
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from textclf.checkpoint import check_folder, readable
+from textclf.config import OUT_OF_SCOPE_SCORES, ModelConfig
+from textclf.data import COLUMNS
+from textclf.errors import CheckpointError, DataError
+from textclf.predict import Predictor
+
+from .calibration import ece, fit_temperature, nll, softmax, threshold_for_precision
+
+log = logging.getLogger("train.calibrate")
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(description="Fit the temperature and the out-of-scope threshold of a checkpoint.")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", required=True, help="data folder whose valid split is fitted on")
+    p.add_argument("--split", default="valid")
+    p.add_argument("--columns", default="auto", choices=COLUMNS)
+    p.add_argument("--device", default="cpu")
+    rule = p.add_mutually_exclusive_group()
+    rule.add_argument("--target-precision", type=float, help="choose the threshold for this in-scope precision")
+    rule.add_argument("--threshold", type=float, help="set the threshold by hand (on the --score scale)")
+    rule.add_argument("--no-threshold", action="store_true", help="remove the threshold: every answer in scope")
+    p.add_argument("--score", choices=OUT_OF_SCOPE_SCORES, default="probability")
+    p.add_argument("--keep-temperature", action="store_true", help="fit nothing; only set the threshold")
+    args = p.parse_args(argv)
+    if args.target_precision is not None and not 0 < args.target_precision <= 1:
+        p.error("--target-precision must be in (0, 1]")
+    return args
+
+
+def calibrate(folder, examples, device="cpu", target_precision=None, score="probability", threshold=None,
+              keep_threshold=True, fit=True):
+    """Fit the temperature (fit) and choose the threshold on `examples`, write them into folder/config.json
+    -> a summary {temperature, nll/ece before and after, threshold, coverage, ...}."""
+    folder = readable(folder)
+    config = check_folder(folder)
+    predictor = Predictor.from_checkpoint(folder, device, cuda_precision="fp32")
+    index = {label: i for i, label in enumerate(predictor.labels)}
+    gold = np.array([index[e.label] for e in examples])
+    logits = predictor.predict_logits([e.text for e in examples])
+    temperature = fit_temperature(logits, gold) if fit else config.temperature
+    predictor.temperature = temperature
+    probs = predictor.probabilities(logits)
+    summary = {"examples": len(examples), "temperature": temperature,
+               "nll_before": nll(logits, gold), "nll_after": nll(logits, gold, temperature),
+               "ece_before": ece(softmax(logits), gold)[0],
+               "ece_after": ece(probs, gold)[0]}
+    config.temperature = temperature
+    if target_precision is not None:
+        predictor.out_of_scope_score = score
+        threshold = threshold_for_precision(predictor.in_scope(logits), probs.argmax(1) == gold, target_precision)
+        if threshold is None:
+            log.warning("no threshold reaches precision %s on these %d examples: none set", target_precision,
+                        len(examples))
+        summary["target_precision"] = target_precision
+    if target_precision is not None or threshold is not None or not keep_threshold:
+        config.out_of_scope_score, config.out_of_scope_threshold = score, threshold
+    if config.out_of_scope_threshold is not None:
+        predictor.out_of_scope_score, predictor.out_of_scope_threshold = score, config.out_of_scope_threshold
+        accepted = predictor.in_scope(logits) >= config.out_of_scope_threshold
+        right = probs.argmax(1) == gold
+        summary.update(coverage=float(accepted.mean()),
+                       accepted_precision=float(right[accepted].mean()) if accepted.any() else None)
+    summary.update(out_of_scope_score=config.out_of_scope_score, out_of_scope_threshold=config.out_of_scope_threshold)
+    write_config(folder, config)
+    log.info("calibrated %s on %d examples: temperature %.3f, NLL %.4f -> %.4f, ECE %.4f -> %.4f; out-of-scope "
+             "threshold %s", folder, len(examples), temperature, summary["nll_before"], summary["nll_after"],
+             summary["ece_before"], summary["ece_after"], config.out_of_scope_threshold)
+    return summary
+
+
+def write_config(folder, config):
+    """config.json replaced in one rename: a reader sees the old file or the new one."""
+    tmp = Path(folder) / "config.json.tmp"
+    config.to_json_file(tmp)
+    ModelConfig.from_json_file(tmp)   # what is written must read back
+    os.replace(tmp, Path(folder) / "config.json")
+
+
+def main(argv=None):
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    args = parse_args(argv)
+    from .optimize import valid_split
+    try:
+        folder = readable(args.checkpoint)
+        check_folder(folder)
+        path, examples = valid_split(args.data, args.split, args.columns, folder)
+        labels = set(json.loads((folder / "labels.json").read_text(encoding="utf-8")))
+        unknown = next((e for e in examples if e.label not in labels), None)
+        if unknown is not None:
+            raise DataError(path, unknown.line, f"label {unknown.label!r} is not one of the checkpoint's labels")
+        summary = calibrate(folder, examples, args.device, args.target_precision, args.score,
+                            args.threshold, keep_threshold=not args.no_threshold, fit=not args.keep_temperature)
+    except (DataError, CheckpointError) as e:
+        log.error("%s", e)
+        return 2
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
