@@ -11,7 +11,11 @@ near out-of-scope texts, and SST-2 and R52 test texts (the first --far of each) 
 - energy: T * logsumexp(logits / T) (the negative free energy),
 it reports AUROC (in-scope against out-of-scope), the share of out-of-scope texts accepted at the threshold that
 keeps 95 % of the in-scope ones, and accuracy-at-coverage curves (a PNG per model; out-of-scope texts count as
-errors when accepted). Writes OUT/open_set.json, OUT/open_set.md, OUT/coverage-MODEL.png.
+errors when accepted). Two feature-space scores are measured beside them as a diagnostic (not served): the
+Mahalanobis distance to the nearest class mean (shared covariance; Lee et al., 2018) and the cosine similarity to
+the 10th nearest training text (Sun et al., 2022), on the features the classifier layer reads, fitted on 4,000
+training texts. Each checkpoint is calibrated again first (train.calibrate's code as it stands).
+Writes OUT/open_set.json, OUT/open_set.md, OUT/coverage-MODEL.png.
 """
 import argparse
 import json
@@ -28,6 +32,8 @@ from textclf.data import read_examples
 from train.calibration import coverage_curve, in_scope_score, open_set_metrics
 
 SCORES = ("msp", "calibrated", "energy")
+DIAGNOSTIC = ("mahalanobis", "knn")   # feature-space scores, measured here only
+FEATURE_TEXTS = 4000
 MODELS = {   # name: python -m train flags (the quickstart's MiniLM recipe; the GloVe CNN of the accuracy table)
     "minilm-cls": ["--embedding", "minilm", "--encoder", "cls", "--epochs", "1", "--lr", "1e-4"],
     "glove-cnn": ["--embedding", "glove", "--encoder", "cnn", "--epochs", "2"],
@@ -77,7 +83,42 @@ def train(name, data, runs, retrain):
     return run / "checkpoint-best"
 
 
-def evaluate(ckpt, in_examples, near, far):
+def features(predictor, texts, batch=64):
+    """The input of the classifier layer (B, F) for texts: what a feature-space score looks at."""
+    import torch
+    seen = []
+    hook = predictor.model.classifier.register_forward_hook(lambda m, inp, out: seen.append(inp[0].detach()))
+    try:
+        with torch.inference_mode():
+            for i in range(0, len(texts), batch):
+                predictor.model(**predictor.encode(texts[i: i + batch]))
+    finally:
+        hook.remove()
+    return torch.cat(seen).float().numpy()
+
+
+def feature_scores(predictor, train_examples, sets):
+    """{score: {set: values}} for the diagnostic scores (higher = more in scope)."""
+    rng = random.Random(0)
+    sample = rng.sample(train_examples, min(FEATURE_TEXTS, len(train_examples)))
+    x = features(predictor, [e.text for e in sample])
+    y = np.array([predictor.labels.index(e.label) for e in sample])
+    means = np.stack([x[y == c].mean(0) for c in range(len(predictor.labels))])
+    centred = x - means[y]
+    precision = np.linalg.pinv(centred.T @ centred / len(x) + 1e-6 * np.eye(x.shape[1]))
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    def mahalanobis(f):
+        return -np.min(np.stack([np.einsum("ij,jk,ik->i", f - m, precision, f - m) for m in means]), axis=0)
+
+    def knn(f, k=10):
+        return np.sort((f / np.linalg.norm(f, axis=1, keepdims=True)) @ unit.T, axis=1)[:, -k]
+    feats = {name: features(predictor, texts) for name, texts in sets.items()}
+    return {"mahalanobis": {k: mahalanobis(v) for k, v in feats.items()},
+            "knn": {k: knn(v) for k, v in feats.items()}}
+
+
+def evaluate(ckpt, in_examples, near, far, train_examples):
     from textclf.predict import Predictor
     predictor = Predictor.from_checkpoint(ckpt)
     index = {label: i for i, label in enumerate(predictor.labels)}
@@ -88,8 +129,10 @@ def evaluate(ckpt, in_examples, near, far):
     right = logits["in"].argmax(1) == gold
     result = {"temperature": t, "in_scope_accuracy": float(right.mean()), "scores": {}}
     curves = {}
-    for score in SCORES:
-        s = {k: in_scope_score(v, score, t) for k, v in logits.items()}
+    texts = {"in": [e.text for e in in_examples], "near": near, **{f"far-{k}": v for k, v in far.items()}}
+    diagnostic = feature_scores(predictor, train_examples, texts)
+    for score in SCORES + DIAGNOSTIC:
+        s = diagnostic[score] if score in DIAGNOSTIC else {k: in_scope_score(v, score, t) for k, v in logits.items()}
         far_all = np.concatenate([s[k] for k in s if k.startswith("far-")])
         result["scores"][score] = {
             "near": open_set_metrics(s["in"], s["near"]),
@@ -126,9 +169,9 @@ def table(results, leave_out, args):
              f"({args.far} each). FPR@95: out-of-scope texts accepted at the threshold keeping 95 % of in-scope ones.",
              "", "| model | score | near AUROC | near FPR@95 | far AUROC | far FPR@95 |", "| --- | --- | ---: | ---: | ---: | ---: |"]
     for name, r in results.items():
-        for score in SCORES:
+        for score in SCORES + DIAGNOSTIC:
             s = r["scores"][score]
-            lines.append(f"| {name} | {score} | {s['near']['auroc']:.4f} | {s['near']['fpr_at_95_tpr']:.3f} | "
+            lines.append(f"| {name} | {score}{' (diagnostic)' if score in DIAGNOSTIC else ''} | {s['near']['auroc']:.4f} | {s['near']['fpr_at_95_tpr']:.3f} | "
                          f"{s['far']['auroc']:.4f} | {s['far']['fpr_at_95_tpr']:.3f} |")
     lines.append("")
     for name, r in results.items():
@@ -149,9 +192,12 @@ def main(argv=None):
     in_examples, _ = read_examples(data / "test.txt")
     far = far_texts(args.far)
     results = {}
+    from train.calibrate import calibrate
+    train_examples = read_examples(data / "train.txt")[0]
     for name in args.models.split(","):
         ckpt = train(name, data, args.runs, args.retrain)
-        results[name] = evaluate(ckpt, in_examples, near, far)
+        calibrate(ckpt, read_examples(data / "valid.txt")[0])
+        results[name] = evaluate(ckpt, in_examples, near, far, train_examples)
         print(name, json.dumps({k: {s: v["near"]["auroc"] for s, v in r["scores"].items()}
                                 for k, r in {name: results[name]}.items()}), flush=True)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -197,3 +197,12 @@ def test_in_scope_answers_keep_their_label_and_say_so(calibrated):
     handler, context = start(calibrated, out_of_scope_threshold=0.0)
     [answer] = handle(handler, context, [({"body": {"text": "rain"}}, {"body": JSON})])
     assert answer["out_of_scope"] is False and answer["label"] == answer["top_k"][0]["label"]
+
+
+def test_a_valid_split_without_errors_never_sharpens_the_probabilities():
+    logits, _ = synthetic(n=500)
+    assert fit_temperature(logits, logits.argmax(1)) == 1.0   # every answer right: no evidence to sharpen on
+    overconfident = logits * 5
+    gold = overconfident.argmax(1)
+    gold[:100] = (gold[:100] + 1) % 5    # 100 confident mistakes: soften
+    assert fit_temperature(overconfident, gold) > 1.5

@@ -11,6 +11,7 @@ ECE_BINS = 15
 # the temperatures fit_temperature may return: on a valid split with no (or almost no) errors the NLL keeps
 # falling as T -> 0, and such a fit would only make every answer certain
 T_RANGE = (0.05, 20.0)
+MIN_ERRORS = 5   # fewer wrong valid answers than this: the fit may soften (T > 1), never sharpen
 
 
 def softmax(logits, temperature=1.0):
@@ -43,7 +44,9 @@ def fit_temperature(logits, gold):
     t = float(log_t.detach().exp())
     if not np.isfinite(t):
         return 1.0
-    return min(max(t, T_RANGE[0]), T_RANGE[1])
+    errors = int((np.asarray(logits).argmax(axis=1) != np.asarray(gold)).sum())
+    low = 1.0 if errors < MIN_ERRORS else T_RANGE[0]   # with (almost) no errors the NLL falls as T -> 0: no signal
+    return min(max(t, low), T_RANGE[1])
 
 
 def ece(probs, gold, bins=ECE_BINS):

@@ -64,9 +64,12 @@ def plot_reliability(before, after, png, title="reliability"):
         if table:
             conf = [row[4] for row in table]
             acc = [row[3] for row in table]
-            ax.plot(conf, acc, style, label=f"{name}: ECE {value:.4f}")
+            line, = ax.plot(conf, acc, style[1:], label=f"{name}: ECE {value:.4f}")
+            # marker area ~ texts in the bin: most sit in the top bin, the others hold a handful each
+            ax.scatter(conf, acc, s=[12 + 400 * row[2] / sum(r[2] for r in table) for row in table],
+                       marker=style[0], color=line.get_color(), zorder=3)
     ax.set_xlabel("confidence (top probability, mean per bin)")
-    ax.set_ylabel("accuracy in the bin")
+    ax.set_ylabel("accuracy in the bin (marker area: share of texts)")
     ax.set_xlim(0, 1.01)
     ax.set_ylim(0, 1.01)
     ax.legend(loc="upper left")
