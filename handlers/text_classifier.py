@@ -224,7 +224,10 @@ class TextClassifierHandler(BaseHandler):
     def _answer(self, request, result, stats):
         if request.explain:
             return result[0] if request.form == "one" else {"explanations": result}
-        predictions = self.predictor.answers(result, request.top_k)
+        k = request.top_k
+        if request.form == "v2" and self.predictor.multi_label and not request.top_k_asked:
+            k = len(self.predictor.labels)   # v2, multi-label: every label ranked, flagged where predicted
+        predictions = self.predictor.answers(result, k)
         stats["out_of_scope"] = stats.get("out_of_scope", 0) + sum(p.get("out_of_scope", False) for p in predictions)
         if request.form == "one":
             return predictions[0]
@@ -233,6 +236,8 @@ class TextClassifierHandler(BaseHandler):
         return self._v2_answer(request, predictions)
 
     def _v2_answer(self, request, predictions):
+        if self.predictor.multi_label:
+            return self._v2_multi_label(request, predictions)
         n, k = len(predictions), request.top_k if request.top_k_asked else 1
         ranked = [p["top_k"][:k] for p in predictions]
         shape = [n, k] if request.top_k_asked else [n]
@@ -250,7 +255,26 @@ class TextClassifierHandler(BaseHandler):
             answer["id"] = request.id
         names = request.outputs or (("label", "score") + (
             ("out_of_scope",) if self.predictor.out_of_scope_threshold is not None else ()))
-        answer["outputs"] = [columns[name] for name in names]
+        answer["outputs"] = [columns[name] for name in names if name in columns]   # "selected": multi-label only
+        return answer
+
+    def _v2_multi_label(self, request, predictions):
+        """Labels ranked per text, shape [n, k] (k: top_k if asked, else every label), with "selected" marking
+        the labels at or over their thresholds: a fixed-shape tensor for label sets of any size."""
+        n, k = len(predictions), len(predictions[0]["top_k"]) if predictions else 0
+        chosen = [{x["label"] for x in p["labels"]} for p in predictions]
+        cells = [(x, i) for i, p in enumerate(predictions) for x in p["top_k"]]
+        columns = {
+            "label": {"name": "label", "shape": [n, k], "datatype": "BYTES", "data": [x["label"] for x, _ in cells]},
+            "score": {"name": "score", "shape": [n, k], "datatype": "FP32", "data": [x["score"] for x, _ in cells]},
+            "selected": {"name": "selected", "shape": [n, k], "datatype": "BOOL",
+                         "data": [x["label"] in chosen[i] for x, i in cells]},
+        }
+        answer = {"model_name": self.model_name, "model_version": self.model_version}
+        if request.id is not None:
+            answer["id"] = request.id
+        answer["outputs"] = [columns[name] for name in (request.outputs or ("label", "score", "selected"))
+                             if name in columns]
         return answer
 
     def postprocess(self, output):

@@ -33,6 +33,8 @@ from locust.stats import CSV_STATS_INTERVAL_SEC
 
 from textclf.data import find_split, read_examples
 
+from loadtest.answers import check_answer
+
 ROOT = Path(__file__).resolve().parents[1]
 
 NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-.")
@@ -161,21 +163,3 @@ class TextClassifierUser(FastHttpUser):
                 response.failure(reason)
             else:
                 response.success()
-
-
-def check_answer(status, content, labels, error=None):
-    """None when the answer is a 200 JSON object with a known label; otherwise the reason it is not."""
-    if not status:
-        return f"no HTTP answer: {error}"
-    text = (content or b"").decode("utf-8", "replace")
-    if status != 200:
-        return f"HTTP {status}: {text[:160]}"
-    try:
-        answer = json.loads(text)
-    except ValueError:
-        return f"HTTP 200 but not JSON: {text[:80]!r}"
-    if not isinstance(answer, dict) or "label" not in answer:
-        return f"HTTP 200 but no 'label' in the answer: {text[:80]!r}"
-    if answer["label"] not in labels:
-        return f"label {answer['label']!r} is not one of the model's {len(labels)} labels"
-    return None

@@ -208,3 +208,12 @@ def test_snips_reads_cleanly():
     assert not data.valid_from_train
     for e in data.train[:50] + data.test[:50]:
         assert e.text == e.text.strip() and "\r" not in e.text and "\t" not in e.text
+
+
+def test_mixsnips_reads_cleanly_as_multi_label():
+    data = load_dataset(ROOT / "data" / "mixsnips", multi_label=True)
+    assert (len(data.train), len(data.valid), len(data.test)) == (6000, 500, 700)
+    assert data.labels == load_dataset(ROOT / "data" / "snips").labels
+    assert data.columns == "text-label" and data.multi_label and not data.valid_from_train
+    for e in data.train + data.valid + data.test:
+        assert isinstance(e.label, tuple) and 2 <= len(e.label) <= 3 and e.label == tuple(sorted(set(e.label)))

@@ -79,9 +79,9 @@ def build_hf_folder(folder, name, minilm_dir, **overrides):
     folder.mkdir(parents=True, exist_ok=True)
     tok = {"wordpiece": lambda f: wordpiece_tokenizer(f, minilm_dir), "bpe": bpe_tokenizer,
            "unigram": unigram_tokenizer}[kind](folder)
-    config = getattr(transformers, class_name)(vocab_size=len(tok), num_labels=3, id2label=LABELS,
-                                               label2id={v: k for k, v in LABELS.items()}, initializer_range=0.3,
-                                               **{**fields, **overrides})
+    settings = {"vocab_size": len(tok), "id2label": LABELS, "label2id": {v: k for k, v in LABELS.items()},
+                "initializer_range": 0.3, **fields, **overrides}
+    config = getattr(transformers, class_name)(**settings)
     torch.manual_seed(0)
     model = transformers.AutoModelForSequenceClassification.from_config(config)
     with torch.no_grad():   # a head of random scale gives probabilities far from uniform: a sharper check
@@ -108,11 +108,11 @@ def imported(tmp_path_factory, minilm_dir):
     return make
 
 
-def transformers_probabilities(folder, texts, max_length):
+def transformers_probabilities(folder, texts, max_length, multi_label=False):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     model = AutoModelForSequenceClassification.from_pretrained(str(folder), local_files_only=True).eval()
     tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
-    return reference_probabilities(model, tokenizer, texts, max_length)
+    return reference_probabilities(model, tokenizer, texts, max_length, multi_label)
 
 
 @pytest.mark.parametrize("name", list(ARCHITECTURES))
@@ -206,7 +206,7 @@ def test_export_refuses_what_has_no_hugging_face_form(glove_cnn_ckpt, exported, 
 
 @pytest.mark.parametrize("change, words", [
     (dict(problem_type="regression"), "is a regression model"),
-    (dict(problem_type="multi_label_classification"), "multi-label"),
+    (dict(id2label={0: "x"}, label2id={"x": 0}), "is a regression model"),
 ])
 def test_import_refuses_regression_and_multi_label_by_name(tmp_path, minilm_dir, capfd, caplog, change, words):
     hf = build_hf_folder(tmp_path / "hf", "bert", minilm_dir, **change)
@@ -234,3 +234,18 @@ def test_import_refuses_a_max_length_beyond_the_positions(imported, tmp_path, ca
     rc, said = run_failing_cli(main, capfd, caplog, ["--model", str(hf), "--out", str(tmp_path / "c"),
                                                      "--max-length", "4096"])
     assert rc == 2 and "max_position_embeddings 128" in said
+
+
+def test_a_multi_label_hugging_face_model_imports_as_multi_label_and_goes_back(tmp_path, minilm_dir):
+    from train.export import main as export
+    hf = build_hf_folder(tmp_path / "hf", "roberta", minilm_dir, problem_type="multi_label_classification")
+    assert main(["--model", str(hf), "--out", str(tmp_path / "ckpt")]) == 0
+    config = ModelConfig.from_json_file(tmp_path / "ckpt" / "config.json")
+    assert config.multi_label and config.thresholds is None
+    predictor = Predictor.from_checkpoint(tmp_path / "ckpt")
+    expected = transformers_probabilities(hf, PROBE_TEXTS, config.max_length, multi_label=True)
+    assert np.abs(predictor.predict_proba(PROBE_TEXTS) - expected).max() <= 1e-5   # sigmoid, not softmax
+    for answer, row in zip(predictor.predict(PROBE_TEXTS, 3), expected):
+        assert [x["label"] for x in answer["labels"]] == [LABELS[j] for j in np.argsort(-row) if row[j] >= 0.5]
+    assert export(["--checkpoint", str(tmp_path / "ckpt"), "--hf", str(tmp_path / "back")]) == 0
+    assert json.loads((tmp_path / "back" / "config.json").read_text())["problem_type"] == "multi_label_classification"

@@ -97,3 +97,18 @@ def test_serving_benchmark_end_to_end(tiny_ckpt, toy_data_dir, tmp_path):
     # The trap stopped TorchServe and its worker; their temp folder (under TMPDIR) is gone.
     assert processes_mentioning(str(work)) == []
     assert list(work.iterdir()) == []
+
+
+def test_the_load_test_accepts_out_of_scope_and_multi_label_answers_and_nothing_else():
+    import json as _json
+    from loadtest.answers import check_answer
+    labels = ["GetWeather", "PlayMusic"]
+
+    def check(answer):
+        return check_answer(200, _json.dumps(answer).encode(), labels)
+    assert check({"label": "PlayMusic", "score": 0.9}) is None
+    assert check({"label": None, "score": 0.4, "out_of_scope": True}) is None
+    assert check({"labels": [{"label": "GetWeather", "score": 0.9}], "top_k": []}) is None
+    assert check({"labels": [], "top_k": []}) is None
+    assert "not one of the model's" in check({"label": None, "score": 0.4, "out_of_scope": False})
+    assert "not the model's" in check({"labels": [{"label": "Nope", "score": 0.9}]})

@@ -62,6 +62,10 @@ class ModelConfig:
     out_of_scope_score: str = "probability"
     out_of_scope_threshold: float = None
     normalization: str = "NFKC"             # new checkpoints; a config.json without the field reads ""
+    # multi-label: a text has any number of the labels; sigmoid per label, and a label is predicted where its
+    # probability reaches its threshold (tuned per label on valid by training; None: 0.5 each)
+    multi_label: bool = False
+    thresholds: list = None
     format_version: int = FORMAT_VERSION
 
     def validate(self):
@@ -99,6 +103,15 @@ class ModelConfig:
         if self.normalization not in NORMALIZATIONS:
             raise CheckpointError(f"unknown normalization {self.normalization!r}; choose one of "
                                   f"{', '.join(repr(n) for n in NORMALIZATIONS)}")
+        if self.multi_label and self.out_of_scope_threshold is not None:
+            raise CheckpointError("a multi-label checkpoint has per-label thresholds instead of an out-of-scope "
+                                  "threshold (a text over none of them has no label)")
+        if self.thresholds is not None and (not self.multi_label or not isinstance(self.thresholds, list)
+                                            or len(self.thresholds) != self.num_labels
+                                            or not all(isinstance(t, (int, float)) and 0 <= t <= 1
+                                                       for t in self.thresholds)):
+            raise CheckpointError(f"thresholds must be a list of {self.num_labels} numbers from 0 to 1, one per "
+                                  "label, in a multi-label checkpoint")
         if self.num_labels < 2:
             raise CheckpointError(f"num_labels must be at least 2, got {self.num_labels}")
         if self.max_length < 1:

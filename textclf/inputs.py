@@ -63,7 +63,7 @@ class Limits:
         return cls(**{f.name: int(settings.get(f.name, f.default)) for f in dataclasses.fields(cls)})
 
 
-V2_OUTPUTS = ("label", "score", "out_of_scope")
+V2_OUTPUTS = ("label", "score", "out_of_scope", "selected")   # selected: multi-label models
 
 
 @dataclasses.dataclass
@@ -227,8 +227,8 @@ def _from_v2(obj, labels, top_k, limits):
     if "outputs" in obj:
         wanted = obj["outputs"]
         if not isinstance(wanted, list) or not all(isinstance(o, dict) and o.get("name") in V2_OUTPUTS for o in wanted):
-            raise RequestError("'outputs' must be an array of objects whose \"name\" is \"label\", \"score\" or "
-                               "\"out_of_scope\"")
+            raise RequestError("'outputs' must be an array of objects whose \"name\" is \"label\", \"score\", "
+                               "\"out_of_scope\" or \"selected\"")
         outputs = tuple(dict.fromkeys(o["name"] for o in wanted)) or None
     return Request(texts, k, "v2", asked, request_id, outputs)
 

@@ -120,6 +120,10 @@ class Predictor:
         self.out_of_scope_score = getattr(config, "out_of_scope_score", "probability")
         self.out_of_scope_threshold = getattr(config, "out_of_scope_threshold", None)
         self.fallback_label = None
+        # multi-label: sigmoid probabilities, and every label at or over its threshold is predicted
+        self.multi_label = bool(getattr(config, "multi_label", False))
+        thresholds = getattr(config, "thresholds", None)
+        self.thresholds = np.asarray(thresholds if thresholds is not None else [0.5] * len(labels), dtype=np.float32)
 
     @classmethod
     def from_checkpoint(cls, folder, device="cpu", threads=None, cuda_precision="fp16"):
@@ -170,9 +174,11 @@ class Predictor:
         return self.probabilities(self.predict_logits(texts, batch_size, stats))
 
     def probabilities(self, logits):
-        """softmax(logits / temperature) in float32 (N, num_labels)."""
-        z = torch.as_tensor(logits, dtype=torch.float32) / self.temperature
-        return z.softmax(dim=-1).numpy()
+        """softmax(logits / temperature) in float32 (N, num_labels); multi-label: sigmoid(logits) per label."""
+        z = torch.as_tensor(logits, dtype=torch.float32)
+        if self.multi_label:
+            return z.sigmoid().numpy()
+        return (z / self.temperature).softmax(dim=-1).numpy()
 
     def in_scope(self, logits):
         """The score the reject option thresholds (higher = more in scope), one per row of logits."""
@@ -237,7 +243,11 @@ class Predictor:
 
     def answers(self, logits, k):
         """top_k() of the logits' probabilities, with the reject option: where a threshold is set every answer
-        says "out_of_scope", and one below it has label None (or fallback_label) and keeps its scores."""
+        says "out_of_scope", and one below it has label None (or fallback_label) and keeps its scores.
+        Multi-label: {"labels": [{label, score}, ...] (every label at or over its threshold, highest first; maybe
+        none), "top_k": [...]} per text."""
+        if self.multi_label:
+            return self.label_sets(self.probabilities(logits), k)
         results = self.top_k(self.probabilities(logits), k)
         if self.out_of_scope_threshold is None:
             return results
@@ -245,6 +255,15 @@ class Predictor:
             result["out_of_scope"] = bool(score < self.out_of_scope_threshold)
             if result["out_of_scope"]:
                 result["label"] = self.fallback_label
+        return results
+
+    def label_sets(self, probs, k):
+        results = []
+        for row, ranked in zip(probs, self.top_k(probs, k)):
+            chosen = np.flatnonzero(row >= self.thresholds)
+            chosen = chosen[np.argsort(-row[chosen], kind="stable")]
+            results.append({"labels": [{"label": self.labels[j], "score": float(row[j])} for j in chosen],
+                            "top_k": ranked["top_k"]})
         return results
 
     def predict(self, texts, top_k=1, batch_size=64):

@@ -41,7 +41,8 @@ def run(cfg, ranks):
         torch.set_num_threads(threads)
     device = distributed.device_for(cfg.device, ranks)
     distributed.start(ranks, device, cfg.dist_timeout)
-    data = load_dataset(cfg.data, cfg.columns, cfg.valid_fraction, cfg.seed, cfg.limit, cfg.skip_empty)
+    data = load_dataset(cfg.data, cfg.columns, cfg.valid_fraction, cfg.seed, cfg.limit, cfg.skip_empty,
+                        cfg.multi_label, cfg.label_separator, cfg.allow_no_label)
     log.info("data %s (%s): %d train, %d valid%s, %d test, %d labels", cfg.data, data.columns, len(data.train),
              len(data.valid), " (split from train)" if data.valid_from_train else "", len(data.test),
              len(data.labels))
@@ -65,12 +66,13 @@ def run(cfg, ranks):
     wall = time.time() - started
     if not ranks.main:   # rank 0 alone tests and writes
         return 0
-    best = max(history, key=lambda r: r["valid_accuracy"]) if history else None
+    best = max(history, key=lambda r: r["valid_score"]) if history else None
     summary = {"train_seconds": round(wall, 1), "epochs": len(history), "best": best, "ranks": ranks.world}
-    if cfg.calibrate and data.valid and (Path(cfg.out) / "checkpoint-best").is_dir():
+    # a multi-label model always gets its per-label thresholds; --calibrate false skips only the temperature
+    if (cfg.calibrate or cfg.multi_label) and data.valid and (Path(cfg.out) / "checkpoint-best").is_dir():
         from .calibrate import calibrate
         summary["calibration"] = calibrate(Path(cfg.out) / "checkpoint-best", data.valid, device,
-                                           cfg.target_precision or None)
+                                           cfg.target_precision or None, threshold=cfg.threshold or None)
     if data.test:
         from textclf.predict import Predictor
         from .loop import evaluate_examples
@@ -78,8 +80,13 @@ def run(cfg, ranks):
         predictor = Predictor.from_checkpoint(Path(cfg.out) / "checkpoint-best", device, cuda_precision="fp32")
         test, _ = evaluate_examples(predictor, data.test, cfg.eval_batch_size)
         summary["test_accuracy"], summary["test_macro_f1"] = test["accuracy"], test["macro_f1"]
-        log.info("checkpoint-best: test accuracy %.4f (%d/%d), macro-F1 %.4f", test["accuracy"], test["correct"],
-                 test["total"], test["macro_f1"])
+        if "micro_f1" in test:
+            summary["test_micro_f1"] = test["micro_f1"]
+            log.info("checkpoint-best: test micro-F1 %.4f, macro-F1 %.4f, subset accuracy %.4f (%d/%d)",
+                     test["micro_f1"], test["macro_f1"], test["accuracy"], test["correct"], test["total"])
+        else:
+            log.info("checkpoint-best: test accuracy %.4f (%d/%d), macro-F1 %.4f", test["accuracy"], test["correct"],
+                     test["total"], test["macro_f1"])
     (Path(cfg.out) / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     from .plots import plot_curves
     plot_curves(Path(cfg.out) / "metrics.jsonl", Path(cfg.out) / "curves.png")

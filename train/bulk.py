@@ -180,14 +180,24 @@ def read_records(path, field="text", columns="auto", stream=None):
 # ---- output
 
 def json_line(line, text, result, k):
-    record = {"line": line, "text": text, "label": result["label"], "score": result["score"]}
+    """The answer as the handler gives it (label and score; labels for a multi-label model; out_of_scope
+    where the model has a reject threshold), with the input's line and text."""
+    record = {"line": line, "text": text}
+    record.update({key: result[key] for key in ("label", "score", "labels", "out_of_scope") if key in result})
     if k > 1:
         record["top_k"] = result["top_k"]
     return json.dumps(record, ensure_ascii=False) + "\n"
 
 
 def tsv_line(line, text, result, k):
-    return f"{line}\t{result['label']}\t{result['score']!r}\t{flat(text)}\n"
+    """line, label, score, text; an out-of-scope answer has an empty label; a multi-label answer lists its
+    labels and their scores comma-separated (both empty when no label reaches its threshold)."""
+    if "labels" in result:
+        label = ",".join(x["label"] for x in result["labels"])
+        score = ",".join(repr(x["score"]) for x in result["labels"])
+    else:
+        label, score = result["label"] or "", repr(result["score"])
+    return f"{line}\t{label}\t{score}\t{flat(text)}\n"
 
 
 WRITERS = {".jsonl": json_line, ".ndjson": json_line, ".tsv": tsv_line}

@@ -9,6 +9,8 @@ checkpoint's config.json, which every variant and the handler read. Training run
 accepts) reaches P. --threshold X sets one by hand, --no-threshold removes it; --score chooses what is
 thresholded (probability: the calibrated top probability; energy: T * logsumexp(logits / T)).
 Without a valid file in DIR, the examples training held out of train are used (as train.optimize does).
+A multi-label checkpoint gets per-label decision thresholds instead (each label's best F1 on valid, or
+--threshold for all): they are its reject rule, a text over none of them has no label.
 """
 import argparse
 import json
@@ -62,6 +64,8 @@ def calibrate(folder, examples, device="cpu", target_precision=None, score="auto
     -> a summary {temperature, nll/ece before and after, threshold, coverage, ...}."""
     folder = readable(folder)
     config = check_folder(folder)
+    if config.multi_label:
+        return tune_thresholds(folder, config, examples, device, threshold)
     score = best_score(config) if score == "auto" else score
     predictor = Predictor.from_checkpoint(folder, device, cuda_precision="fp32")
     index = {label: i for i, label in enumerate(predictor.labels)}
@@ -98,6 +102,33 @@ def calibrate(folder, examples, device="cpu", target_precision=None, score="auto
     return summary
 
 
+def tune_thresholds(folder, config, examples, device="cpu", threshold=None):
+    """Multi-label: per-label decision thresholds that maximise each label's F1 on `examples` (0.5 for a label
+    they never hold), or `threshold` for every label; written into config.json. They are also the reject rule:
+    a text over none of them gets no label."""
+    from .calibration import best_f1_threshold
+    from .loop import multi_hot
+    from .metrics import multilabel_scores
+    predictor = Predictor.from_checkpoint(folder, device, cuda_precision="fp32")
+    index = {label: i for i, label in enumerate(predictor.labels)}
+    gold = multi_hot(examples, index)
+    probs = predictor.predict_proba([e.text for e in examples])
+    before = multilabel_scores(gold, probs, predictor.thresholds, predictor.labels)
+    if threshold is not None:
+        thresholds = [float(threshold)] * len(predictor.labels)
+    else:
+        thresholds = [best_f1_threshold(probs[:, j], gold[:, j]) for j in range(len(predictor.labels))]
+    config.thresholds = thresholds
+    write_config(folder, config)
+    after = multilabel_scores(gold, probs, thresholds, predictor.labels)
+    log.info("thresholds of %s on %d examples: %s; valid micro-F1 %.4f -> %.4f", folder, len(examples),
+             ", ".join(f"{label} {t:.3f}" for label, t in zip(predictor.labels, thresholds)),
+             before["micro_f1"], after["micro_f1"])
+    return {"examples": len(examples), "thresholds": dict(zip(predictor.labels, thresholds)),
+            "micro_f1_before": before["micro_f1"], "micro_f1_after": after["micro_f1"],
+            "subset_accuracy_after": after["accuracy"]}
+
+
 def write_config(folder, config):
     """config.json replaced in one rename: a reader sees the old file or the new one."""
     tmp = Path(folder) / "config.json.tmp"
@@ -115,9 +146,10 @@ def main(argv=None):
         check_folder(folder)
         path, examples = valid_split(args.data, args.split, args.columns, folder)
         labels = set(json.loads((folder / "labels.json").read_text(encoding="utf-8")))
-        unknown = next((e for e in examples if e.label not in labels), None)
-        if unknown is not None:
-            raise DataError(path, unknown.line, f"label {unknown.label!r} is not one of the checkpoint's labels")
+        for e in examples:
+            for label in (e.label if isinstance(e.label, tuple) else [e.label]):
+                if label not in labels:
+                    raise DataError(path, e.line, f"label {label!r} is not one of the checkpoint's labels")
         summary = calibrate(folder, examples, args.device, args.target_precision, args.score,
                             args.threshold, keep_threshold=not args.no_threshold, fit=not args.keep_temperature)
     except (DataError, CheckpointError) as e:

@@ -112,3 +112,22 @@ def coverage_curve(score, correct, points=50):
     n = len(order)
     ks = sorted({max(1, int(round(n * c))) for c in np.linspace(0.02, 1.0, points)})
     return [(k / n, float(hits[k - 1] / k)) for k in ks]
+
+
+def best_f1_threshold(probs, gold, default=0.5):
+    """The decision threshold (one of the probabilities, or default) that maximises F1 of one label; among
+    ties the one closest to default. default where the examples never hold the label."""
+    probs, gold = np.asarray(probs, dtype=np.float64), np.asarray(gold, dtype=bool)
+    if not gold.any():
+        return default
+    order = np.argsort(-probs, kind="stable")
+    hits = np.cumsum(gold[order])
+    k = np.arange(1, len(order) + 1)
+    f1 = 2 * hits / (k + gold.sum())
+    distinct = np.r_[probs[order][1:] < probs[order][:-1], True]   # cut only between different probabilities
+    f1 = np.where(distinct, f1, -1.0)
+    best = f1.max()
+    candidates = probs[order][f1 >= best - 1e-12]
+    # halfway to the next lower probability would generalise better, but the threshold must stay in the data's
+    # terms: take the candidate nearest the default
+    return float(candidates[np.argmin(np.abs(candidates - default))])

@@ -32,7 +32,18 @@ class TrainConfig:
     normalization: str = _field("NFKC", "Unicode normalisation of every text before tokenizing, in training and "
                                 "serving alike: NFKC (full-width and compatibility forms as plain letters) or none",
                                 choices=("NFKC", "none"))
-    calibrate: bool = _field(True, "after training, fit the temperature of checkpoint-best on valid (train.calibrate)")
+    multi_label: bool = _field(False, "several labels per text: the label field holds them separated by "
+                               "--label-separator (JSON Lines: a \"labels\" list); sigmoid outputs, binary "
+                               "cross-entropy, the best checkpoint by valid micro-F1, per-label thresholds")
+    label_separator: str = _field(",", "multi-label: what separates the labels of one text in a label field")
+    allow_no_label: bool = _field(False, "multi-label: a line with an empty label field is a text with no label "
+                                  "(otherwise an error naming the line)")
+    pos_weight: str = _field("", "multi-label: auto weighs each label's positives by its negatives/positives in "
+                             "train (rare labels count more, at most 100x); empty: no weighting")
+    threshold: float = _field(0.0, "multi-label: one decision threshold for every label instead of tuning one "
+                              "per label on valid (0: tune)")
+    calibrate: bool = _field(True, "after training, fit the temperature of checkpoint-best on valid (train.calibrate); a "
+                             "multi-label model's per-label thresholds are tuned either way")
     target_precision: float = _field(0.0, "if set, also store an out-of-scope threshold: the lowest whose in-scope "
                                      "precision on valid reaches this (see train.calibrate); 0: none")
     seed: int = _field(42, "seed for initialisation, shuffling and the valid split")
@@ -99,5 +110,12 @@ def build_parser(cls, description):
 
 
 def parse_train_config(argv=None):
-    args = build_parser(TrainConfig, "Train a text classifier.").parse_args(argv)
+    parser = build_parser(TrainConfig, "Train a text classifier.")
+    args = parser.parse_args(argv)
+    if not args.multi_label and (args.allow_no_label or args.pos_weight or args.threshold):
+        parser.error("--allow-no-label, --pos-weight and --threshold apply to --multi-label training")
+    if args.pos_weight not in ("", "auto"):
+        parser.error(f"--pos-weight takes auto (or nothing), got {args.pos_weight!r}")
+    if not args.label_separator:
+        parser.error("--label-separator must not be empty")
     return TrainConfig(**vars(args))

@@ -25,6 +25,7 @@ def parse_args(argv):
     p.add_argument("--split", default="test", help="which file of the data folder (default: test)")
     p.add_argument("--columns", default="auto", choices=COLUMNS)
     p.add_argument("--skip-empty", action="store_true", help="drop lines whose text is empty instead of stopping")
+    p.add_argument("--label-separator", default=",", help="multi-label checkpoints: what separates a line's labels")
     p.add_argument("--out", help="folder for evaluation JSON, confusion PNG and errors (default: beside the checkpoint)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
@@ -60,8 +61,11 @@ def measure_speed(predictor, texts, latency_examples=200, batch_size=32):
 def evaluate(predictor, examples, path):
     index = {lab: i for i, lab in enumerate(predictor.labels)}
     for e in examples:
-        if e.label not in index:
-            raise DataError(path, e.line, f"label {e.label!r} is not one of the checkpoint's labels")
+        for label in (e.label if isinstance(e.label, tuple) else [e.label]):
+            if label not in index:
+                raise DataError(path, e.line, f"label {label!r} is not one of the checkpoint's labels")
+    if predictor.multi_label:
+        return evaluate_multi_label(predictor, examples, index)
     logits = predictor.predict_logits([e.text for e in examples])
     probs = predictor.probabilities(logits)
     pred = probs.argmax(axis=1)
@@ -72,6 +76,26 @@ def evaluate(predictor, examples, path):
     wrong.sort(key=lambda i: -probs[i, pred[i]])
     errors = [{"line": examples[i].line, "text": examples[i].text, "gold": examples[i].label,
                "predicted": predictor.labels[pred[i]], "score": float(probs[i, pred[i]])} for i in wrong]
+    return result, errors
+
+
+def evaluate_multi_label(predictor, examples, index):
+    """Multi-label scores at the checkpoint's thresholds, and the most confident false positives and negatives."""
+    from .loop import multi_hot
+    from .metrics import multilabel_scores
+    gold = multi_hot(examples, index)
+    probs = predictor.predict_proba([e.text for e in examples])
+    result = multilabel_scores(gold, probs, predictor.thresholds, predictor.labels)
+    pred = probs >= predictor.thresholds[None, :]
+    errors = []
+    for i, j in zip(*np.nonzero(pred != gold.astype(bool))):
+        kind = "false positive" if pred[i, j] else "false negative"
+        errors.append({"line": examples[i].line, "text": examples[i].text, "gold": list(examples[i].label),
+                       "label": predictor.labels[j], "error": kind, "score": float(probs[i, j]),
+                       "threshold": float(predictor.thresholds[j]),
+                       # how confident the mistake was: the distance from the threshold, on the wrong side
+                       "confidence": float(abs(probs[i, j] - predictor.thresholds[j]))})
+    errors.sort(key=lambda e: -e["confidence"])
     return result, errors
 
 
@@ -92,6 +116,19 @@ def calibration_scores(predictor, logits, gold):
 
 
 def report(result, speed, labels):
+    if "micro_f1" in result:
+        auc = result["mean_roc_auc"]
+        lines = [f"micro-F1 {result['micro_f1']:.4f}", f"macro-F1 {result['macro_f1']:.4f}",
+                 f"subset accuracy {result['accuracy']:.4f} ({result['correct']}/{result['total']})",
+                 f"Hamming loss {result['hamming_loss']:.4f}",
+                 f"mean ROC-AUC {auc:.4f}" if auc is not None else "mean ROC-AUC -",
+                 f"{'label':<28} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>8}"]
+        for lab in labels:
+            c = result["per_class"][lab]
+            lines.append(f"{lab:<28} {c['precision']:>9.4f} {c['recall']:>9.4f} {c['f1']:>9.4f} {c['support']:>8}")
+        lines.append(f"{speed['ms_per_example_batch1']:.2f} ms/example at batch 1 (median), "
+                     f"{speed['examples_per_second_batch32']:.1f} examples/s at batch 32")
+        return "\n".join(lines)
     lines = [f"accuracy {result['accuracy']:.4f} ({result['correct']}/{result['total']})",
              f"macro-F1 {result['macro_f1']:.4f}",
              f"{'label':<28} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>8}"]
@@ -116,9 +153,10 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     try:
         path = find_split(args.data, args.split, True)
-        examples, _ = read_examples(path, args.columns, args.skip_empty)
         predictor = Predictor.from_checkpoint(args.checkpoint, args.device, args.threads or None,
                                               args.cuda_precision)
+        examples, _ = read_examples(path, args.columns, args.skip_empty, predictor.multi_label,
+                                    args.label_separator, allow_no_label=predictor.multi_label)
         result, errors = evaluate(predictor, examples, path)
     except (DataError, CheckpointError) as e:
         log.error("%s", e)
@@ -134,6 +172,12 @@ def main(argv=None):
     (out / f"{stem}.json").write_text(json.dumps(summary, indent=2) + "\n")
     (out / f"{stem}-errors.jsonl").write_text(
         "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in errors[: args.worst]), encoding="utf-8")
+    if predictor.multi_label:
+        from .plots import plot_per_label
+        plot_per_label(result["per_class"], out / f"{stem}-per-label.png",
+                       f"{ckpt.parent.name}/{ckpt.name}, {path.name}: micro-F1 {result['micro_f1']:.4f}")
+        print(f"wrote {out / (stem + '.json')}, {stem}-per-label.png, {stem}-errors.jsonl")
+        return 0
     from .plots import plot_confusion, plot_reliability
     plot_confusion(result["confusion"], predictor.labels, out / f"{stem}-confusion.png",
                    f"{ckpt.parent.name}/{ckpt.name}\n{path.name}: accuracy {result['accuracy']:.4f}")

@@ -32,12 +32,14 @@ POOLER_EPS = 1e-4   # tanh(eps x) / eps = x (1 - (eps x)^2 / 3 + ...): relative 
 
 
 @torch.inference_mode()
-def reference_probabilities(model, tokenizer, texts, max_length):
-    """transformers' own answer, one text at a time (no padding): softmax of the logits, float32 numpy."""
+def reference_probabilities(model, tokenizer, texts, max_length, multi_label=False):
+    """transformers' own answer, one text at a time (no padding): softmax of the logits (sigmoid for a
+    multi-label model), float32 numpy."""
     rows = []
     for text in texts:
         enc = tokenizer([text], truncation=True, max_length=max_length, return_tensors="pt")
-        rows.append(model(**enc).logits.float().softmax(-1)[0].numpy())
+        logits = model(**enc).logits.float()[0]
+        rows.append((logits.sigmoid() if multi_label else logits.softmax(-1)).numpy())
     return np.stack(rows)
 
 
@@ -95,8 +97,8 @@ def to_hf_model(model, labels):
                               "head and cls (on BERT) export with --hf")
     hf.config.id2label = dict(enumerate(labels))
     hf.config.label2id = {label: i for i, label in enumerate(labels)}
-    hf.config.problem_type = "single_label_classification"
-    if config.temperature != 1.0:
+    hf.config.problem_type = "multi_label_classification" if config.multi_label else "single_label_classification"
+    if config.temperature != 1.0 and not config.multi_label:
         _fold_temperature(hf, len(labels), config.temperature)
     return hf
 
@@ -126,7 +128,7 @@ def export_hf(checkpoint, out):
         tokenizer.save(stage)
         loaded = AutoModelForSequenceClassification.from_pretrained(str(stage), local_files_only=True).eval()
         theirs = reference_probabilities(loaded, AutoTokenizer.from_pretrained(str(stage), local_files_only=True),
-                                         CHECK_TEXTS, config.max_length)
+                                         CHECK_TEXTS, config.max_length, config.multi_label)
         diff = float(np.abs(theirs - ours).max())
         if diff > PARITY:
             raise CheckpointError(f"the Hugging Face folder disagrees with the checkpoint (max probability "

@@ -58,9 +58,6 @@ def check_config(folder, hf_config):
     if problem == "regression" or hf_config.num_labels == 1:
         raise CheckpointError(f"{folder} is a regression model (problem_type {problem!r}, {hf_config.num_labels} "
                               "output); this project serves classifiers only")
-    if problem == "multi_label_classification":
-        raise CheckpointError(f"{folder} is a multi-label classifier (problem_type 'multi_label_classification'); "
-                              "multi-label checkpoints are not supported yet, and a softmax would give it wrong scores")
 
 
 def labels_of(folder, hf_config):
@@ -114,11 +111,12 @@ def run(args):
     model, hf_config = load(folder)
     labels = labels_of(folder, hf_config)
     tokenizer = HFTokenizer.load(folder)
+    multi_label = getattr(hf_config, "problem_type", None) == "multi_label_classification"
     config = ModelConfig(embedding="transformer", encoder="head", num_labels=len(labels),
                          max_length=max_length_for(args, tokenizer, hf_config), dropout=0.0,
-                         normalization="").validate()   # texts as transformers reads them
+                         normalization="", multi_label=multi_label).validate()   # texts as transformers reads them
     classifier = SequenceClassifier(config, model)
-    reference = reference_probabilities(model, tokenizer.tokenizer, CHECK_TEXTS, config.max_length)
+    reference = reference_probabilities(model, tokenizer.tokenizer, CHECK_TEXTS, config.max_length, multi_label)
     # built beside --out and swapped in only once it answers as transformers does
     stage = out.with_name(out.name + ".import")
     shutil.rmtree(stage, ignore_errors=True)

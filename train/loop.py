@@ -14,7 +14,7 @@ from textclf.checkpoint import save_checkpoint
 from textclf.predict import Predictor
 
 from . import distributed
-from .metrics import scores
+from .metrics import multilabel_scores, scores
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +81,42 @@ def epoch_orders(examples, batch_size, seed, length_buckets=0, start_epoch=0):
 
 
 def evaluate_examples(predictor, examples, batch_size=64):
-    """Scores of a Predictor on examples; also returns the probabilities (N, C)."""
+    """Scores of a Predictor on examples; also returns the probabilities (N, C). Multi-label: micro/macro-F1,
+    subset accuracy (as "accuracy"), ... at the predictor's thresholds."""
     index = {lab: i for i, lab in enumerate(predictor.labels)}
     probs = predictor.predict_proba([e.text for e in examples], batch_size)
+    if predictor.multi_label:
+        return multilabel_scores(multi_hot(examples, index), probs, predictor.thresholds, predictor.labels), probs
     gold = [index[e.label] for e in examples]
     return scores(gold, probs.argmax(axis=1), predictor.labels), probs
+
+
+def multi_hot(examples, index):
+    """(N, C) 0/1 float32: the label sets of multi-label examples."""
+    target = np.zeros((len(examples), len(index)), dtype=np.float32)
+    for i, e in enumerate(examples):   # a single-label example (a str) counts as the set of its one label
+        target[i, [index[label] for label in (e.label if isinstance(e.label, tuple) else (e.label,))]] = 1.0
+    return target
+
+
+def positive_weights(examples, index, cap=100.0):
+    """--pos-weight auto: negatives / positives per label in train, between 1 and cap."""
+    counts = multi_hot(examples, index).sum(axis=0)
+    return torch.tensor(np.clip((len(examples) - counts) / np.maximum(counts, 1.0), 1.0, cap), dtype=torch.float32)
+
+
+def batch_loss(model, logits, batch, index, pos_weight, reduction="mean"):
+    """Cross-entropy of the labels; multi-label: binary cross-entropy per label, averaged over the labels
+    (reduction "sum": summed over the examples, as the distributed loss scales it)."""
+    device = logits.device
+    if model.config.multi_label:
+        target = torch.from_numpy(multi_hot(batch, index)).to(device)
+        per = torch.nn.functional.binary_cross_entropy_with_logits(
+            logits.float(), target, pos_weight=None if pos_weight is None else pos_weight.to(device),
+            reduction="none").mean(dim=1)
+        return per.sum() if reduction == "sum" else per.mean()
+    target = torch.tensor([index[e.label] for e in batch], device=device)
+    return torch.nn.functional.cross_entropy(logits, target, reduction=reduction)
 
 
 def steps_per_epoch(n_examples, batch_size, ranks):
@@ -107,9 +138,10 @@ def fit(model, tokenizer, labels, dataset, cfg, device, start_epoch=0, ranks=Non
         metrics_file = (out / "metrics.jsonl").open("a", encoding="utf-8")
     index = {lab: i for i, lab in enumerate(labels)}
     train = dataset.train
+    pos_weight = positive_weights(train, index) if model.config.multi_label and cfg.pos_weight == "auto" else None
     optimizer = torch.optim.AdamW(_param_groups(model, cfg.weight_decay), lr=cfg.lr)
     scheduler = schedule(optimizer, cfg, steps_per_epoch(len(train), cfg.batch_size, ranks))
-    predictor = Predictor(model, tokenizer, labels, model.config.max_length, device)
+    predictor = Predictor(model, tokenizer, labels, model.config.max_length, device, config=model.config)
     trainable = model
     if ranks.distributed:   # a transformer's pooler (unused here) leaves parameters without gradients: allow them
         trainable = torch.nn.parallel.DistributedDataParallel(
@@ -129,12 +161,11 @@ def fit(model, tokenizer, labels, dataset, cfg, device, start_epoch=0, ranks=Non
                 continue
             batch = [train[i] for i in distributed.shard(indices, ranks)]
             enc = predictor.encode([e.text for e in batch])
-            target = torch.tensor([index[e.label] for e in batch], device=device)
             logits = trainable(**enc)
             if ranks.distributed:   # DDP averages over ranks: scale so the gradient is the global batch's mean
-                loss = torch.nn.functional.cross_entropy(logits, target, reduction="sum") * ranks.world / len(indices)
+                loss = batch_loss(model, logits, batch, index, pos_weight, "sum") * ranks.world / len(indices)
             else:
-                loss = torch.nn.functional.cross_entropy(logits, target)
+                loss = batch_loss(model, logits, batch, index, pos_weight)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
@@ -175,25 +206,32 @@ def _end_of_epoch(model, tokenizer, labels, dataset, cfg, predictor, out, epoch,
     """Rank 0's work after an epoch: evaluate on the whole valid split, log, checkpoint, early stopping.
     -> (record, stop, best, since_best)."""
     valid, _ = evaluate_examples(predictor, dataset.valid, cfg.eval_batch_size)
+    # the checkpoint is chosen on valid accuracy, or on valid micro-F1 for a multi-label model (whose
+    # "accuracy" is subset accuracy: every label of a text right)
+    score_name = "micro_f1" if model.config.multi_label else "accuracy"
     record = {"epoch": epoch, "step": step, "train_loss": losses[0].item() / max(1.0, losses[1].item()),
               "valid_accuracy": valid["accuracy"], "valid_macro_f1": valid["macro_f1"],
+              "valid_score": valid[score_name], "valid_score_name": score_name,
               "epoch_seconds": round(time.time() - started, 1), "lr": scheduler.get_last_lr()[0]}
+    if model.config.multi_label:
+        record["valid_micro_f1"] = valid["micro_f1"]
     metrics_file.write(json.dumps(record) + "\n")
     metrics_file.flush()
     writer.add_scalar("valid/accuracy", valid["accuracy"], step)
-    log.info("epoch %d  train loss %.4f  valid accuracy %.4f (%d/%d)  %.0fs", epoch, record["train_loss"],
-             valid["accuracy"], valid["correct"], valid["total"], record["epoch_seconds"])
+    log.info("epoch %d  train loss %.4f  valid accuracy %.4f (%d/%d)%s  %.0fs", epoch, record["train_loss"],
+             valid["accuracy"], valid["correct"], valid["total"],
+             f"  micro-F1 {valid['micro_f1']:.4f}" if model.config.multi_label else "", record["epoch_seconds"])
     save_checkpoint(out / "checkpoint-last", model, tokenizer, labels, record, train_args)
     if cfg.save_every_epoch:
         save_checkpoint(out / f"checkpoint-epoch-{epoch}", model, tokenizer, labels, record, train_args)
     stop = False
-    if valid["accuracy"] > best:
-        best, since_best = valid["accuracy"], 0
+    if valid[score_name] > best:
+        best, since_best = valid[score_name], 0
         save_checkpoint(out / "checkpoint-best", model, tokenizer, labels, record, train_args)
     else:
         since_best += 1
         if cfg.patience and since_best >= cfg.patience:
-            log.info("no better valid accuracy for %d epochs: stopping early", since_best)
+            log.info("no better valid %s for %d epochs: stopping early", score_name, since_best)
             stop = True
     return record, stop, best, since_best
 

@@ -1,6 +1,7 @@
 """Classification scores from gold and predicted label ids, computed by scikit-learn."""
 import numpy as np
-from sklearn.metrics import confusion_matrix, f1_score, precision_recall_fscore_support
+from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score, hamming_loss, precision_recall_fscore_support,
+                             roc_auc_score)
 
 
 def scores(gold, pred, labels):
@@ -20,4 +21,30 @@ def scores(gold, pred, labels):
         "per_class": {lab: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
                             "support": int(support[i])} for i, lab in enumerate(labels)},
         "confusion": m.tolist(),
+    }
+
+
+def multilabel_scores(gold, probs, thresholds, labels):
+    """Multi-label scores of (N, C) 0/1 gold label sets and (N, C) probabilities at per-label thresholds:
+    micro- and macro-F1 (macro over the labels that occur in gold), subset accuracy ("accuracy": every label of a
+    text right), Hamming loss, mean ROC-AUC over the labels with both classes in gold, per-label precision /
+    recall / F1 / support."""
+    gold = np.asarray(gold, dtype=np.int64)
+    pred = (np.asarray(probs) >= np.asarray(thresholds)[None, :]).astype(np.int64)
+    precision, recall, f1, support = precision_recall_fscore_support(gold, pred, zero_division=0)
+    present = [j for j in range(len(labels)) if gold[:, j].any()]
+    both = [j for j in range(len(labels)) if 0 < gold[:, j].sum() < len(gold)]
+    correct = int((pred == gold).all(axis=1).sum())
+    return {
+        "accuracy": correct / len(gold) if len(gold) else 0.0,
+        "correct": correct,
+        "total": int(len(gold)),
+        "micro_f1": float(f1_score(gold, pred, average="micro", zero_division=0)),
+        "macro_f1": float(np.mean([f1[j] for j in present])) if present else 0.0,
+        "hamming_loss": float(hamming_loss(gold, pred)),
+        "subset_accuracy": float(accuracy_score(gold, pred)),
+        "mean_roc_auc": float(np.mean([roc_auc_score(gold[:, j], np.asarray(probs)[:, j]) for j in both]))
+        if both else None,
+        "per_class": {lab: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                            "support": int(support[i])} for i, lab in enumerate(labels)},
     }

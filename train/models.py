@@ -67,7 +67,8 @@ def build(cfg, texts, num_labels):
         kernel_sizes=cfg.int_list("kernel_sizes"), num_filters=cfg.num_filters,
         densenet_layers=cfg.densenet_layers, densenet_growth=cfg.densenet_growth,
         densenet_kernel_size=cfg.densenet_kernel_size, dsa_heads=cfg.dsa_heads, dsa_size=cfg.dsa_size,
-        dsa_iterations=cfg.dsa_iterations, normalization="" if cfg.normalization == "none" else cfg.normalization)
+        dsa_iterations=cfg.dsa_iterations, normalization="" if cfg.normalization == "none" else cfg.normalization,
+        multi_label=bool(cfg.multi_label))
     model, tokenizer = _build(cfg, config, kind, source, normalize(texts, config.normalization))
     tokenizer.normalization = config.normalization
     return model, tokenizer

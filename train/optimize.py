@@ -3,7 +3,8 @@
 Builds candidate variants of a float checkpoint (PyTorch fp32 as it is, PyTorch bf16 where the CPU has
 AVX-512 BF16 or AMX, ONNX Runtime fp32 plain and with transformer fusions, ONNX Runtime dynamic int8 of
 both), measures each on this CPU as one TorchServe worker runs it (its torch threads, its batch size) and
-on the valid split, and keeps the fastest whose valid accuracy is within --tolerance points of fp32's.
+on the valid split, and keeps the fastest whose valid accuracy (micro-F1 for a multi-label checkpoint) is within
+--tolerance points of fp32's.
 The winner is written to --out as a checkpoint folder that archive.sh serves; optimize.json and optimize.md
 there hold the table of all candidates, which is also printed.
 """
@@ -103,12 +104,14 @@ def valid_split(data, split, columns, src):
     """(path, examples) of the split accuracy is measured on. Without a SPLIT file in the data folder (data
     with no valid file), the valid examples training held out of train, rebuilt from train_args.json."""
     path = find_split(data, split, split != "valid")
-    if path is not None:
-        return path, read_examples(path, columns)[0]
-    from .data import load_dataset
     settings = json.loads((src / "train_args.json").read_text()) if (src / "train_args.json").is_file() else {}
+    multi = {"multi_label": check_folder(src).multi_label, "separator": settings.get("label_separator", ","),
+             "allow_no_label": settings.get("allow_no_label", False)}
+    if path is not None:
+        return path, read_examples(path, columns, **multi)[0]
+    from .data import load_dataset
     dataset = load_dataset(data, columns, settings.get("valid_fraction", 0.1), settings.get("seed", 42),
-                           skip_empty=settings.get("skip_empty", False))
+                           skip_empty=settings.get("skip_empty", False), **multi)
     path = find_split(data, "train", True)
     log.info("no valid file in %s: using the %d examples training held out of %s (valid_fraction %s, seed %s)",
              data, len(dataset.valid), path.name, settings.get("valid_fraction", 0.1), settings.get("seed", 42))
@@ -131,7 +134,9 @@ def measure(folder, examples, path, threads, batch_size, latency_examples):
     speed = measure_speed(predictor, [e.text for e in examples], latency_examples, batch_size)
     size = sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file()
                and f.name in ("model.safetensors", "model.onnx"))
-    return {"accuracy": result["accuracy"], "correct": result["correct"], "total": result["total"],
+    # the score variants are held to: accuracy, or micro-F1 for a multi-label model
+    return {"accuracy": result.get("micro_f1", result["accuracy"]), "correct": result["correct"],
+            "total": result["total"],
             "macro_f1": result["macro_f1"], "ms_batch1": speed["ms_per_example_batch1"],
             "examples_per_second": speed[f"examples_per_second_batch{batch_size}"], "weights_mb": size / 1e6}
 

@@ -78,3 +78,24 @@ def plot_reliability(before, after, png, title="reliability"):
     fig.savefig(png, dpi=100)
     plt.close(fig)
     return png
+
+
+def plot_per_label(per_class, png, title="per label"):
+    """Precision, recall and F1 per label as grouped bars (multi-label evaluation), support in the tick labels."""
+    import numpy as np
+    plt = _pyplot()
+    labels = list(per_class)
+    x = np.arange(len(labels))
+    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(labels) + 2), 4.5))
+    for k, (key, color) in enumerate((("precision", "tab:blue"), ("recall", "tab:orange"), ("f1", "tab:green"))):
+        ax.bar(x + (k - 1) * 0.27, [per_class[lab][key] for lab in labels], 0.27, label=key, color=color)
+    ax.set_xticks(x, [f"{lab} ({per_class[lab]['support']})" for lab in labels], rotation=45, ha="right", fontsize=8)
+    ax.set_ylim(min(0.8, min(min(per_class[lab][k] for k in ("precision", "recall", "f1")) for lab in labels)) - 0.02,
+                1.005)
+    ax.set_ylabel("score (support in brackets)")
+    ax.legend(loc="lower right")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return png

@@ -70,6 +70,10 @@ class Classifier:
     def __call__(self, batch):
         import numpy as np
         results = self.predictor.predict(list(batch["text"]), 1, self.batch_size)
+        if self.predictor.multi_label:
+            batch["labels"] = np.array([[x["label"] for x in r["labels"]] for r in results], dtype=object)
+            batch["scores"] = np.array([[x["score"] for x in r["labels"]] for r in results], dtype=object)
+            return batch
         batch["label"] = np.array([r["label"] for r in results], dtype=object)
         batch["score"] = np.array([r["score"] for r in results], dtype=np.float64)
         if self.predictor.out_of_scope_threshold is not None:

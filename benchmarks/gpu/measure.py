@@ -127,7 +127,7 @@ def stage_model(ckpt, reference, scale, device):
                   ceiling_encoder_ex_s=round(len(batch) / per_batch, 1),
                   batch1_forward_ms=round(1000 * timed(one, scale["batch1_repeats"]), 3))
     log("ceiling", result)
-    del predictor, encoded
+    predictor = encoded = one = None   # free the device memory before the next stages
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     return result
