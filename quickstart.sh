@@ -20,7 +20,7 @@ unset PYTHONPATH   # the .mar carries its own model code
 
 RUN=runs/snips-minilm-cls
 if [ ! -f "$RUN/checkpoint-best/model.safetensors" ] || [ "${RETRAIN:-0}" = 1 ]; then
-  echo "== training MiniLM-L6 + CLS on data/snips (7-10 minutes per epoch on 2 cores)"
+  echo "== training MiniLM-L6 + CLS on data/snips (one epoch: 186 s on 2 quiet cores in results/ddp/ranks-1; longer on busy ones)"
   python -m train --data data/snips --out "$RUN" --epochs "${EPOCHS:-1}" --lr 1e-4
 else
   echo "== using the existing $RUN/checkpoint-best (RETRAIN=1 trains again)"
