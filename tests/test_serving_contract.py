@@ -4,7 +4,6 @@ v2, explanations, Prometheus metrics and keys, on a real Snips model (GloVe + CN
 Select with `-m serving`. About a minute on 2 cores, mostly start-up.
 """
 import json
-import re
 import time
 from datetime import datetime, timezone
 
@@ -190,15 +189,17 @@ def test_bad_explanation_requests(server):
 # ---- Prometheus metrics
 
 def scrape(server):
+    """{(sample name, outcome, status): value summed over the other labels}, read by prometheus_client's own
+    parser of the text format (what a Prometheus scrape accepts), textclf_* and ts_inference_requests_total."""
+    from prometheus_client.parser import text_string_to_metric_families
     r = requests.get(server.metrics + "/metrics", timeout=10)
     assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/plain")
     values = {}
-    for line in r.text.splitlines():
-        m = re.match(r"^(\w+)(\{.*\})? ([-+0-9.eE]+|NaN)$", line)
-        if m and m.group(1).startswith(("textclf_", "ts_inference_requests_total")):
-            labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2) or ""))
-            key = (m.group(1), labels.get("outcome"), labels.get("status"))
-            values[key] = values.get(key, 0) + float(m.group(3))
+    for family in text_string_to_metric_families(r.text):
+        for sample in family.samples:
+            if sample.name.startswith(("textclf_", "ts_inference_requests_total")):
+                key = (sample.name, sample.labels.get("outcome"), sample.labels.get("status"))
+                values[key] = values.get(key, 0) + sample.value
     return values
 
 

@@ -4,6 +4,7 @@ Layout: config.json, labels.json, model.safetensors (or model.onnx for an ONNX e
 transformer/config.json (transformer embeddings only), metrics.json and train_args.json (for people).
 Nothing is pickled, and loading checks every file it reads.
 """
+import contextlib
 import json
 import logging
 import os
@@ -128,6 +129,22 @@ def _swap_in(tmp, folder):
             return
         tmp.rename(folder)
         old.rename(tmp)
+
+
+@contextlib.contextmanager
+def built_beside(out, suffix):
+    """A fresh folder OUT<suffix> to build a result in; when the block ends without an error it is swapped in as
+    out (its parent made if needed); in any case the stage is gone afterwards (after a swap it holds the folder
+    out replaced). A failure therefore leaves out as it was, never half built."""
+    out = Path(out)
+    stage = out.with_name(out.name + suffix)
+    shutil.rmtree(stage, ignore_errors=True)
+    try:
+        yield stage
+        out.parent.mkdir(parents=True, exist_ok=True)
+        _swap_in(stage, out)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def recover(folder):

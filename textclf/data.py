@@ -87,9 +87,10 @@ def _json_type(value):
     return JSON_TYPES.get(type(value).__name__, type(value).__name__)
 
 
-def _json_records(path):
-    """(line number, text, label) per non-blank line; label: the "label" string or the "labels" list."""
-    for number, line in _lines(path):
+def json_objects(path, lines, type_name=_json_type):
+    """(line number, object) per non-blank line of JSON Lines. lines: (number, line) pairs, every line of the
+    file in order (with or without line ends); type_name names what a line held that was not an object."""
+    for number, line in lines:
         if not line.strip():
             continue
         try:
@@ -97,7 +98,30 @@ def _json_records(path):
         except json.JSONDecodeError as e:
             raise DataError(path, number, f"not valid JSON ({e.msg} at column {e.colno})") from None
         if not isinstance(obj, dict):
-            raise DataError(path, number, f"expected a JSON object, found {_json_type(obj)}")
+            raise DataError(path, number, f"expected a JSON object, found {type_name(obj)}")
+        yield number, obj
+
+
+def csv_rows(path, lines):
+    """(line number of a record's first line, cells) per non-blank CSV record. lines: (number, line) pairs, every
+    line of the file in order (with or without line ends), so that the reader's count of lines read is the file
+    line number; a record (quoted cells may hold line breaks) starts on the line after the previous one's last."""
+    reader = csv.reader((line if line.endswith("\n") else line + "\n" for _, line in lines), strict=True)
+    while True:
+        start = reader.line_num + 1
+        try:
+            row = next(reader, None)
+        except csv.Error as e:
+            raise DataError(path, start, f"malformed CSV record ({e})") from None
+        if row is None:
+            return
+        if any(cell.strip() for cell in row):
+            yield start, row
+
+
+def _json_records(path):
+    """(line number, text, label) per non-blank line; label: the "label" string or the "labels" list."""
+    for number, obj in json_objects(path, _lines(path)):
         text = obj.get("text")
         if text is None:
             raise DataError(path, number, "no 'text' field")
@@ -137,19 +161,8 @@ def _csv_header(path, number, row):
 def _csv_records(path, separator):
     """(line number of the record's first line, text, label) per record after the header; label: the "label"
     cell, or the "labels" cell split on separator (a list, as a JSON "labels")."""
-    # One file line per string, so the reader's line_num is the file line number of the last line it read.
-    reader = csv.reader((line + "\n" for _, line in _lines(path)), strict=True)
     header = None
-    while True:
-        start = reader.line_num + 1
-        try:
-            row = next(reader, None)
-        except csv.Error as e:
-            raise DataError(path, start, f"malformed CSV record ({e})") from None
-        if row is None:
-            return
-        if not any(cell.strip() for cell in row):
-            continue
+    for start, row in csv_rows(path, _lines(path)):
         if header is None:
             header = ti, li, width = _csv_header(path, start, row)
             plural = row[li].strip() == "labels"

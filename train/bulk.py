@@ -7,7 +7,6 @@ Output by extension: .jsonl ({"line", "text", "label", "score"[, "top_k"]} per r
 (line, label, score, text). Memory is bounded by --chunk records whatever the file's size. An existing output is
 resumed: its complete lines are kept, checked against the input and the rest appended.
 """
-import csv
 import io
 import itertools
 import json
@@ -24,12 +23,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from textclf.data import detect_columns
+from textclf.data import BOM, csv_rows, detect_columns, json_objects
 from textclf.errors import DataError
 from textclf.predict import TOKENIZE_CHUNK
 
 log = logging.getLogger(__name__)
-BOM = b"\xef\xbb\xbf"
 DETECT_ROWS = 1000   # rows of a two-column TSV that decide which column is the text (as textclf.data does)
 
 
@@ -66,15 +64,7 @@ class Lines:
 
 
 def _json_records(path, lines, field):
-    for number, line in lines:
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(path, number, f"not valid JSON ({e.msg} at column {e.colno})") from None
-        if not isinstance(obj, dict):
-            raise DataError(path, number, f"expected a JSON object, found {type(obj).__name__}")
+    for number, obj in json_objects(path, lines, type_name=lambda obj: type(obj).__name__):
         yield number, _text(path, number, obj.get(field, None), field)
 
 
@@ -89,20 +79,8 @@ def _text(path, number, text, field):
 
 
 def _csv_records(path, lines, field):
-    # Lines yields every file line, so csv's count of lines read is the file line number; a record (its
-    # quoted fields may hold line breaks) starts on the line after the previous record's last.
-    reader = csv.reader((line for _, line in lines), strict=True)
-    header, start = None, 1
-    while True:
-        start = reader.line_num + 1
-        try:
-            row = next(reader, None)
-        except csv.Error as e:
-            raise DataError(path, start, f"malformed CSV record ({e})") from None
-        if row is None:
-            return
-        if not any(cell.strip() for cell in row):
-            continue
+    header = None
+    for start, row in csv_rows(path, lines):
         if header is None:
             header = _header(path, start, row, field)
         elif len(row) != len(header[1]):

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from textclf.checkpoint import (ONNX_GRAPH, WEIGHTS, _swap_in, check_folder, load_checkpoint, readable,
+from textclf.checkpoint import (ONNX_GRAPH, WEIGHTS, built_beside, check_folder, load_checkpoint, readable,
                                 save_checkpoint)
 from textclf.embeddings import remove_layers
 from textclf.errors import CheckpointError
@@ -181,9 +181,7 @@ def run(args):
     meta = json.loads((src / "metrics.json").read_text()) if (src / "metrics.json").is_file() else {}
     meta = {"exported_from": str(src), "source_metrics": meta}
     # built beside --out and swapped in only when complete and checked: a failure leaves no half export
-    stage = out.with_name(out.name + ".export")
-    shutil.rmtree(stage, ignore_errors=True)
-    try:
+    with built_beside(out, ".export") as stage:
         save_checkpoint(stage, model, tokenizer, labels, meta)
         if args.onnx:
             export_onnx(model.eval(), tokenizer, stage, args.opset)
@@ -204,9 +202,6 @@ def run(args):
         (stage / "metrics.json").write_text(json.dumps(meta, indent=2) + "\n")
         if not (args.int8 or args.bf16 or drop) and diff > 1e-4:
             raise CheckpointError(f"the export disagrees with the source model (max probability difference {diff:.2e})")
-        _swap_in(stage, out)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)   # after the swap: the folder --out replaced, if any
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     print(f"{out}: {size / 1e6:.1f} MB, max probability difference vs source {diff:.2e}")
     return 0

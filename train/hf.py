@@ -14,13 +14,12 @@ Hugging Face form and stays behind (a warning says so).
 """
 import copy
 import logging
-import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from textclf.checkpoint import _swap_in, check_folder, load_checkpoint, readable
+from textclf.checkpoint import built_beside, check_folder, load_checkpoint, readable
 from textclf.errors import CheckpointError
 from textclf.predict import Predictor
 
@@ -118,9 +117,7 @@ def export_hf(checkpoint, out):
         log.warning("%s has an out-of-scope threshold (%s on %s): transformers has no such rule, so the Hugging "
                     "Face folder answers every text with a label", src, config.out_of_scope_threshold,
                     config.out_of_scope_score)
-    stage = out.with_name(out.name + ".export")
-    shutil.rmtree(stage, ignore_errors=True)
-    try:
+    with built_beside(out, ".export") as stage:
         hf.save_pretrained(str(stage))
         tokenizer.tokenizer.model_max_length = config.max_length   # transformers then truncates where we do
         if config.normalization:
@@ -133,10 +130,6 @@ def export_hf(checkpoint, out):
         if diff > PARITY:
             raise CheckpointError(f"the Hugging Face folder disagrees with the checkpoint (max probability "
                                   f"difference {diff:.1e} > {PARITY:.0e})")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        _swap_in(stage, out)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
     print(f"{out}: {type(hf).__name__}, {len(labels)} labels, max probability difference vs the checkpoint "
           f"{diff:.1e}; load it with AutoModelForSequenceClassification.from_pretrained({str(out)!r})")
     return 0

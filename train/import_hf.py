@@ -7,13 +7,12 @@ Labels come from id2label; safetensors only. `python -m train.export --hf OUT` w
 """
 import argparse
 import logging
-import shutil
 import sys
 from pathlib import Path
 
 import numpy as np
 
-from textclf.checkpoint import _swap_in, save_checkpoint
+from textclf.checkpoint import built_beside, save_checkpoint
 from textclf.config import ModelConfig, position_limit
 from textclf.errors import CheckpointError
 from textclf.model import SequenceClassifier
@@ -118,9 +117,7 @@ def run(args):
     classifier = SequenceClassifier(config, model)
     reference = reference_probabilities(model, tokenizer.tokenizer, CHECK_TEXTS, config.max_length, multi_label)
     # built beside --out and swapped in only once it answers as transformers does
-    stage = out.with_name(out.name + ".import")
-    shutil.rmtree(stage, ignore_errors=True)
-    try:
+    with built_beside(out, ".import") as stage:
         save_checkpoint(stage, classifier, tokenizer, labels, metrics={"imported_from": str(folder.resolve())},
                         train_args={"import_hf": {"model": str(folder.resolve()), "max_length": config.max_length,
                                                   "architectures": hf_config.architectures}})
@@ -128,10 +125,6 @@ def run(args):
         if diff > PARITY:
             raise CheckpointError(f"the imported checkpoint disagrees with transformers (max probability "
                                   f"difference {diff:.1e} > {PARITY:.0e}); please report this model")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        _swap_in(stage, out)
-    finally:
-        shutil.rmtree(stage, ignore_errors=True)
     print(f"{out}: {type(model).__name__}, {len(labels)} labels, max_length {config.max_length}, "
           f"max probability difference vs transformers {diff:.1e}")
     return 0

@@ -10,6 +10,13 @@ def _pyplot():
     return plt
 
 
+def _save(plt, fig, png):
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+    return png
+
+
 def plot_curves(metrics_jsonl, png):
     rows = [json.loads(line) for line in Path(metrics_jsonl).read_text().splitlines() if line.strip()]
     if not rows:
@@ -24,10 +31,7 @@ def plot_curves(metrics_jsonl, png):
     ax2.plot(epochs, [r["valid_accuracy"] for r in rows], "s-", color="tab:blue", label="valid accuracy")
     ax2.set_ylabel("valid accuracy", color="tab:blue")
     ax.set_title(f"{Path(metrics_jsonl).parent.name}: loss and accuracy per epoch")
-    fig.tight_layout()
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
-    return png
+    return _save(plt, fig, png)
 
 
 def plot_confusion(matrix, labels, png, title="confusion matrix"):
@@ -48,10 +52,7 @@ def plot_confusion(matrix, labels, png, title="confusion matrix"):
                     ax.text(j, i, str(m[i, j]), ha="center", va="center", fontsize=7,
                             color="white" if m[i, j] > m.max() / 2 else "black")
     ax.set_title(title)
-    fig.tight_layout()
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
-    return png
+    return _save(plt, fig, png)
 
 
 def plot_reliability(before, after, png, title="reliability"):
@@ -74,10 +75,7 @@ def plot_reliability(before, after, png, title="reliability"):
     ax.set_ylim(0, 1.01)
     ax.legend(loc="upper left")
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
-    return png
+    return _save(plt, fig, png)
 
 
 def plot_per_label(per_class, png, title="per label"):
@@ -95,7 +93,4 @@ def plot_per_label(per_class, png, title="per label"):
     ax.set_ylabel("score (support in brackets)")
     ax.legend(loc="lower right")
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(png, dpi=100)
-    plt.close(fig)
-    return png
+    return _save(plt, fig, png)
