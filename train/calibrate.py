@@ -23,7 +23,7 @@ import numpy as np
 
 from textclf.checkpoint import check_folder, readable
 from textclf.config import OUT_OF_SCOPE_SCORES, ModelConfig
-from textclf.data import COLUMNS
+from textclf.data import COLUMNS, label_set
 from textclf.errors import CheckpointError, DataError
 from textclf.predict import Predictor
 
@@ -147,7 +147,7 @@ def main(argv=None):
         path, examples = valid_split(args.data, args.split, args.columns, folder)
         labels = set(json.loads((folder / "labels.json").read_text(encoding="utf-8")))
         for e in examples:
-            for label in (e.label if isinstance(e.label, tuple) else [e.label]):
+            for label in label_set(e):
                 if label not in labels:
                     raise DataError(path, e.line, f"label {label!r} is not one of the checkpoint's labels")
         summary = calibrate(folder, examples, args.device, args.target_precision, args.score,

@@ -12,7 +12,7 @@ import torch
 from textclf.errors import CheckpointError, DataError
 from textclf.predict import Predictor
 
-from textclf.data import COLUMNS, find_split, read_examples
+from textclf.data import COLUMNS, find_split, label_set, read_examples
 from .metrics import scores
 
 log = logging.getLogger("train.evaluate")
@@ -61,7 +61,7 @@ def measure_speed(predictor, texts, latency_examples=200, batch_size=32):
 def evaluate(predictor, examples, path):
     index = {lab: i for i, lab in enumerate(predictor.labels)}
     for e in examples:
-        for label in (e.label if isinstance(e.label, tuple) else [e.label]):
+        for label in label_set(e):
             if label not in index:
                 raise DataError(path, e.line, f"label {label!r} is not one of the checkpoint's labels")
     if predictor.multi_label:

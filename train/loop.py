@@ -11,6 +11,7 @@ import torch
 from tqdm import tqdm
 
 from textclf.checkpoint import save_checkpoint
+from textclf.data import label_set
 from textclf.predict import Predictor
 
 from . import distributed
@@ -94,8 +95,8 @@ def evaluate_examples(predictor, examples, batch_size=64):
 def multi_hot(examples, index):
     """(N, C) 0/1 float32: the label sets of multi-label examples."""
     target = np.zeros((len(examples), len(index)), dtype=np.float32)
-    for i, e in enumerate(examples):   # a single-label example (a str) counts as the set of its one label
-        target[i, [index[label] for label in (e.label if isinstance(e.label, tuple) else (e.label,))]] = 1.0
+    for i, e in enumerate(examples):   # a single-label example counts as the set of its one label
+        target[i, [index[label] for label in label_set(e)]] = 1.0
     return target
 
 
