@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# The container's command: TorchServe in the foreground on 127.0.0.1 (token authorization off) behind
-# serving/gateway.py, which checks the clients' keys from a Kubernetes Secret; started, watched and stopped
-# together. Why this split: deploy/README.md "Keys".
+# The container's command: TorchServe in the foreground on 127.0.0.1 (token authorization off) behind nginx
+# (serving/proxy.py renders deploy/nginx/textclf.conf.in and keeps the clients' keys from a Kubernetes Secret);
+# started, watched and stopped together. Why this split: deploy/README.md "Keys" and "The proxy".
 #
 # Settings (environment; the defaults are the image's layout, see Dockerfile):
 #   MODEL_STORE       the .mar files, all served (a mounted volume)        /home/model-server/model-store
 #   CONFIG_DIR        config.properties (base) and model-config.yaml     /home/model-server/config
 #   KEYS_FILE         the clients' keys, one a line (a mounted Secret)    /home/model-server/keys/api-keys
-#   WORK_DIR          writable: the effective config, logs/, tmp/        /home/model-server/work
-#   GATEWAY_LISTEN    what the cluster reaches: the key-checked gateway   0.0.0.0:8080
+#   WORK_DIR          writable: the effective config, logs/, tmp/, proxy/ /home/model-server/work
+#   PROXY_LISTEN      what the cluster reaches: nginx, keys checked       0.0.0.0:8080
+#   PROXY_HEAD_S PROXY_BODY_S PROXY_IDLE_S  the proxy's deadlines (s)     10 10 5
 #   METRICS_ADDRESS   TorchServe's Prometheus port (answers without key)  http://0.0.0.0:8082
 #   TS_INFERENCE_PORT TS_MANAGEMENT_PORT TS_GRPC_INFERENCE_PORT TS_GRPC_MANAGEMENT_PORT (127.0.0.1 only)
 #                                                                         8085 8081 7070 7071
@@ -20,7 +21,8 @@ MODEL_STORE="${MODEL_STORE:-/home/model-server/model-store}"
 CONFIG_DIR="${CONFIG_DIR:-/home/model-server/config}"
 KEYS_FILE="${KEYS_FILE:-/home/model-server/keys/api-keys}"
 WORK_DIR="${WORK_DIR:-/home/model-server/work}"
-GATEWAY_LISTEN="${GATEWAY_LISTEN:-0.0.0.0:8080}"
+PROXY_LISTEN="${PROXY_LISTEN:-0.0.0.0:8080}"
+PROXY_HEAD_S="${PROXY_HEAD_S:-10}" PROXY_BODY_S="${PROXY_BODY_S:-10}" PROXY_IDLE_S="${PROXY_IDLE_S:-5}"
 METRICS_ADDRESS="${METRICS_ADDRESS:-http://0.0.0.0:8082}"
 TS_INFERENCE_PORT="${TS_INFERENCE_PORT:-8085}"
 TS_MANAGEMENT_PORT="${TS_MANAGEMENT_PORT:-8081}"
@@ -35,7 +37,7 @@ die() { say "$*"; exit 2; }
 [ -d "$MODEL_STORE" ] || die "model store $MODEL_STORE does not exist (mount the volume holding the .mar files)"
 compgen -G "$MODEL_STORE/*.mar" >/dev/null || die "no .mar file in $MODEL_STORE: ./archive.sh CKPT NAME makes one"
 [ -r "$KEYS_FILE" ] || die "cannot read the key file $KEYS_FILE (mount the Secret there; deploy/README.md 'Keys')"
-"$PYTHON" "$ROOT/serving/gateway.py" --keys "$KEYS_FILE" --check || exit 2
+"$PYTHON" "$ROOT/serving/proxy.py" --keys "$KEYS_FILE" --work "$WORK_DIR/proxy" --check || exit 2
 mkdir -p "$WORK_DIR" || die "cannot create $WORK_DIR"
 [ -w "$WORK_DIR" ] || die "$WORK_DIR is not writable"
 # Pods are sized for one model-config.yaml (workers x threads = CPU limit): a .mar packed with another is refused.
@@ -61,7 +63,7 @@ EOF
 fi
 
 # ---- the effective config: the base, then what the container needs. Later lines win in a .properties file,
-# so these cannot be undone by the base: only the gateway and the metrics port face the cluster.
+# so these cannot be undone by the base: only the proxy and the metrics port face the cluster.
 CONFIG="$WORK_DIR/config.properties"
 {
   cat "$CONFIG_DIR/config.properties"
@@ -75,7 +77,7 @@ CONFIG="$WORK_DIR/config.properties"
   echo "grpc_inference_port=$TS_GRPC_INFERENCE_PORT"
   echo "grpc_management_port=$TS_GRPC_MANAGEMENT_PORT"
   echo "model_store=$MODEL_STORE"
-  # Keys are checked by the gateway; TorchServe's own would differ in every pod (deploy/README.md "Keys").
+  # Keys are checked by the proxy; TorchServe's own would differ in every pod (deploy/README.md "Keys").
   echo "disable_token_authorization=true"
   # With token authorization off, nothing in the pod may register models or fetch URLs.
   echo "enable_model_api=false"
@@ -97,14 +99,14 @@ cd "$WORK_DIR"
 
 MAX_BODY="$(sed -n 's/^[[:space:]]*max_request_size[[:space:]]*=[[:space:]]*\([0-9]*\).*/\1/p' "$CONFIG" | tail -n 1)"
 
-GATEWAY_PID="" TS_PID=""
+PROXY_PID="" TS_PID=""
 stop_all() {
-  # The gateway first: it finishes the requests under way (up to its --drain seconds) while TorchServe still
-  # answers them; then TorchServe (torchserve --stop finds the Java frontend through the pid file in TMPDIR;
+  # The proxy first: nginx finishes the requests under way (up to its worker_shutdown_timeout, 35 s) while
+  # TorchServe still answers them; then TorchServe (torchserve --stop finds the Java frontend through the pid file in TMPDIR;
   # its workers end when it does); then whatever of this process group is left.
   set +e
   trap '' TERM INT
-  [ -z "$GATEWAY_PID" ] || { kill -TERM "$GATEWAY_PID" 2>/dev/null; wait "$GATEWAY_PID" 2>/dev/null; }
+  [ -z "$PROXY_PID" ] || { kill -TERM "$PROXY_PID" 2>/dev/null; wait "$PROXY_PID" 2>/dev/null; }
   if [ -n "$TS_PID" ]; then
     torchserve --stop >/dev/null 2>&1
     wait "$TS_PID" 2>/dev/null
@@ -119,19 +121,20 @@ on_signal() {
 }
 trap on_signal TERM INT
 
-"$PYTHON" "$ROOT/serving/gateway.py" --listen "$GATEWAY_LISTEN" --upstream "http://127.0.0.1:$TS_INFERENCE_PORT" \
-  --keys "$KEYS_FILE" --max-body "${MAX_BODY:-6553500}" &
-GATEWAY_PID=$!
+"$PYTHON" "$ROOT/serving/proxy.py" --listen "$PROXY_LISTEN" --upstream "127.0.0.1:$TS_INFERENCE_PORT" \
+  --keys "$KEYS_FILE" --work "$WORK_DIR/proxy" --max-body "${MAX_BODY:-6553500}" \
+  --head-s "$PROXY_HEAD_S" --body-s "$PROXY_BODY_S" --idle-s "$PROXY_IDLE_S" &
+PROXY_PID=$!
 torchserve --start --foreground --ncs --ts-config "$CONFIG" --model-store "$MODEL_STORE" --models all &
 TS_PID=$!
-say "gateway (pid $GATEWAY_PID) on $GATEWAY_LISTEN, TorchServe (pid $TS_PID) on 127.0.0.1:$TS_INFERENCE_PORT"
+say "proxy (pid $PROXY_PID) on $PROXY_LISTEN, TorchServe (pid $TS_PID) on 127.0.0.1:$TS_INFERENCE_PORT"
 
 # Wait for either to end. `torchserve --foreground` exits 0 even when the Java frontend died, so any end that
 # no signal asked for is a failure.
 set +e
-wait -n "$GATEWAY_PID" "$TS_PID"
+wait -n "$PROXY_PID" "$TS_PID"
 code=$?
-if kill -0 "$GATEWAY_PID" 2>/dev/null; then what="TorchServe"; else what="the gateway"; fi
+if kill -0 "$PROXY_PID" 2>/dev/null; then what="TorchServe"; else what="the proxy"; fi
 say "$what ended by itself (status $code); stopping the rest"
 stop_all
 exit 1

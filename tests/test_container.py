@@ -8,126 +8,25 @@ everything with status 0, and a TorchServe that dies takes the container down (s
 import os
 import secrets
 import shutil
-import signal
 import subprocess
-import sys
 import time
 
 import pytest
 import requests
 
-from serving.torchserve import ROOT, archive, free_ports, read_properties, server_env
+from podutil import KEY, Pod, group_alive, model_store
+from serving.torchserve import read_properties
 from textclf.predict import Predictor
 
 pytestmark = pytest.mark.serving
-ENTRYPOINT = ROOT / "deploy" / "entrypoint.sh"
 NAME = "toy"
-KEY = secrets.token_hex(32)
-# Another Python environment to run the entrypoint with, e.g. one installed from deploy/requirements-serve.txt
-# alone (what the image installs): TEXTCLF_SERVE_PYTHON=/path/to/venv/bin/python. Default: this one.
-SERVE_PYTHON = os.environ.get("TEXTCLF_SERVE_PYTHON") or sys.executable
-
-
-def group_alive(pgid):
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-class Pod:
-    """One deploy/entrypoint.sh run, in a session (process group) of its own so that nothing outlives it."""
-
-    def __init__(self, base, store, config_dir, env_extra=None):
-        self.base, self.work = base, base / "work"
-        self.keys = base / "keys" / "api-keys"
-        self.keys.parent.mkdir(parents=True, exist_ok=True)
-        self.keys.write_text(f"{KEY}\n")
-        gateway, inference, management, metrics, grpc_i, grpc_m = free_ports(6)
-        self.gateway = f"http://127.0.0.1:{gateway}"
-        self.metrics = f"http://127.0.0.1:{metrics}"
-        self.ports = {"gateway": gateway, "inference": inference, "management": management, "metrics": metrics,
-                      "grpc_inference": grpc_i, "grpc_management": grpc_m}
-        env = server_env(base / "tmp")
-        env["PATH"] = os.pathsep.join([os.path.dirname(SERVE_PYTHON), env["PATH"]])
-        self.env = env | {
-            "MODEL_STORE": str(store), "CONFIG_DIR": str(config_dir), "KEYS_FILE": str(self.keys),
-            "WORK_DIR": str(self.work), "GATEWAY_LISTEN": f"127.0.0.1:{gateway}",
-            "METRICS_ADDRESS": f"http://127.0.0.1:{metrics}", "TS_INFERENCE_PORT": str(inference),
-            "TS_MANAGEMENT_PORT": str(management), "TS_GRPC_INFERENCE_PORT": str(grpc_i),
-            "TS_GRPC_MANAGEMENT_PORT": str(grpc_m), "PYTHON": SERVE_PYTHON, "OMP_NUM_THREADS": "1",
-            **(env_extra or {})}
-        self.log_path = base / "entrypoint.log"
-        self.process = None
-
-    def start(self):
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen([str(ENTRYPOINT)], env=self.env, stdin=subprocess.DEVNULL, stdout=log,
-                                            stderr=subprocess.STDOUT, start_new_session=True)
-        return self
-
-    def wait_ready(self, timeout=180):
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self.process.poll() is not None:
-                pytest.fail(f"entrypoint.sh exited with {self.process.returncode}\n{self.log_tail()}")
-            try:
-                if requests.get(f"{self.gateway}/ping", timeout=5).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(1)
-        pytest.fail(f"the gateway's /ping did not answer 200 within {timeout} s\n{self.log_tail()}")
-
-    def log_tail(self):
-        out = [self.log_path.read_text(errors="replace")[-3000:] if self.log_path.is_file() else ""]
-        for name in ("ts_log.log", "model_log.log"):
-            path = self.work / "logs" / name
-            if path.is_file():
-                out.append(f"--- {name}\n" + path.read_text(errors="replace")[-2000:])
-        return "\n".join(out)
-
-    def stop(self):
-        """SIGTERM to the entrypoint, then its process group if anything is left. -> the entrypoint's status."""
-        if self.process is None:
-            return None
-        pgid = self.process.pid
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=90)
-            except subprocess.TimeoutExpired:
-                pass
-        for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
-            if not group_alive(pgid):
-                break
-            os.killpg(pgid, sig)
-            end = time.monotonic() + wait
-            while group_alive(pgid) and time.monotonic() < end:
-                time.sleep(0.2)
-        if self.process.poll() is None:
-            self.process.kill()
-        return self.process.wait(timeout=10)
-
-    def auth(self, key=KEY):
-        return {"Authorization": f"Bearer {key}"}
 
 
 @pytest.fixture(scope="module")
 def store_and_config(tiny_ckpt, tmp_path_factory):
     """A model store with toy.mar (archived with handlers/model-config.yaml) and the config folder the
     ConfigMap mounts: the repository's config.properties and model-config.yaml, unchanged."""
-    if shutil.which("java") is None:
-        pytest.fail("Java 17 is needed for TorchServe's frontend: run ./setup.sh")
-    base = tmp_path_factory.mktemp("container")
-    store, config_dir = base / "model-store", base / "config"
-    store.mkdir()
-    config_dir.mkdir()
-    archive(tiny_ckpt, NAME, store, ROOT / "handlers" / "model-config.yaml")
-    shutil.copy(ROOT / "config.properties", config_dir / "config.properties")
-    shutil.copy(ROOT / "handlers" / "model-config.yaml", config_dir / "model-config.yaml")
-    return store, config_dir
+    return model_store(tmp_path_factory.mktemp("container"), {NAME: tiny_ckpt})
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +40,7 @@ def pod(store_and_config, tmp_path_factory):
         p.stop()
 
 
-def test_only_the_gateway_and_metrics_face_out_and_torchserve_keeps_its_ports_on_loopback(pod):
+def test_only_the_proxy_and_metrics_face_out_and_torchserve_keeps_its_ports_on_loopback(pod):
     config = read_properties(pod.work / "config.properties")
     ports = pod.ports
     assert config["inference_address"] == f"http://127.0.0.1:{ports['inference']}"
@@ -168,7 +67,7 @@ def _pgid(pid):
 
 def test_predictions_need_the_key_and_answer_as_the_model_does(pod, tiny_ckpt):
     texts = ["will it rain tomorrow", "play some jazz"]
-    url = f"{pod.gateway}/predictions/{NAME}"
+    url = f"{pod.url}/predictions/{NAME}"
     r = requests.post(url, json={"texts": texts}, timeout=30)
     assert r.status_code == 401 and r.json()["error_type"] == "authentication"
     r = requests.post(url, json={"texts": texts}, headers=pod.auth("x" * 64), timeout=30)
@@ -178,26 +77,26 @@ def test_predictions_need_the_key_and_answer_as_the_model_does(pod, tiny_ckpt):
     expected = Predictor.from_checkpoint(tiny_ckpt).predict(texts, top_k=1)
     assert [p["label"] for p in r.json()["predictions"]] == [e["label"] for e in expected]
     body = {"inputs": [{"name": "text", "shape": [1], "datatype": "BYTES", "data": ["rain"]}]}
-    r = requests.post(f"{pod.gateway}/v2/models/{NAME}/infer", json=body, headers=pod.auth(), timeout=30)
+    r = requests.post(f"{pod.url}/v2/models/{NAME}/infer", json=body, headers=pod.auth(), timeout=30)
     assert r.status_code == 200 and r.json()["model_name"] == NAME, r.text
-    # the handler's own refusals pass through the gateway unchanged
+    # the handler's own refusals pass through the proxy unchanged
     r = requests.post(url, json={"text": ""}, headers=pod.auth(), timeout=30)
     assert r.status_code == 400 and r.json()["error_type"] == "validation"
 
 
 def test_the_probes_answer_without_a_key(pod):
-    r = requests.get(f"{pod.gateway}/ping", timeout=10)
+    r = requests.get(f"{pod.url}/ping", timeout=10)
     assert r.status_code == 200 and r.json() == {"status": "Healthy"}
-    r = requests.get(f"{pod.gateway}/live", timeout=10)
-    assert r.status_code == 200 and r.json() == {"status": "alive", "torchserve_ping": 200}
+    r = requests.get(f"{pod.url}/live", timeout=10)
+    assert r.status_code == 200, r.text
     r = requests.get(f"{pod.metrics}/metrics", timeout=10)     # what Prometheus scrapes: no key in 0.12
     assert r.status_code == 200 and "ts_inference_requests_total" in r.text
 
 
-def test_the_management_api_is_not_behind_the_gateway(pod):
-    r = requests.get(f"{pod.gateway}/models", headers=pod.auth(), timeout=10)
+def test_the_management_api_is_not_behind_the_proxy(pod):
+    r = requests.get(f"{pod.url}/models", headers=pod.auth(), timeout=10)
     assert r.status_code != 200 or "models" not in r.text, r.text
-    r = requests.post(f"{pod.gateway}/models?url={NAME}.mar", headers=pod.auth(), timeout=10)
+    r = requests.post(f"{pod.url}/models?url={NAME}.mar", headers=pod.auth(), timeout=10)
     assert r.status_code in (400, 404, 405), r.text
 
 
@@ -206,8 +105,8 @@ def test_a_rotated_key_file_takes_effect_in_the_running_pod(pod):
     staged = pod.keys.with_suffix(".new")
     staged.write_text(f"{KEY}\n{new}\n")
     os.replace(staged, pod.keys)
-    time.sleep(1.5)      # the gateway looks at the file at most once a second
-    url = f"{pod.gateway}/predictions/{NAME}"
+    time.sleep(1.5)      # the proxy looks at the file at most once a second
+    url = f"{pod.url}/predictions/{NAME}"
     assert requests.post(url, data=b"rain", headers=pod.auth(new) | {"Content-Type": "text/plain"},
                          timeout=30).status_code == 200
     staged.write_text(f"{new}\n")
@@ -220,18 +119,18 @@ def test_a_rotated_key_file_takes_effect_in_the_running_pod(pod):
     time.sleep(1.5)
 
 
-def test_sigterm_stops_the_gateway_and_torchserve_with_status_0(pod):
+def test_sigterm_stops_the_proxy_and_torchserve_with_status_0(pod):
     pgid = pod.process.pid
     assert pod.stop() == 0, pod.log_tail()
     assert not group_alive(pgid), "processes of the entrypoint outlived it"
     with pytest.raises(requests.ConnectionError):
-        requests.get(f"{pod.gateway}/ping", timeout=5)
+        requests.get(f"{pod.url}/ping", timeout=5)
     assert "stopping (signal)" in pod.log_path.read_text()
 
 
 def test_a_torchserve_that_cannot_start_takes_the_container_down(store_and_config, tmp_path):
     """TorchServe's inference port already taken: the frontend gives up, `torchserve --foreground` returns 0
-    regardless, and the entrypoint must end with 1 and stop the gateway."""
+    regardless, and the entrypoint must end with 1 and stop the proxy."""
     import socket
     store, config_dir = store_and_config
     with socket.socket() as taken:
