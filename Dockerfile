@@ -1,4 +1,4 @@
-# Serving image: TorchServe 0.12 with CPU torch, Java 17, and the key-checking gateway in front of it.
+# Serving image: TorchServe 0.12 with CPU torch, Java 17, and nginx in front of it checking the clients' keys.
 # No model inside: mount a folder of .mar files (./archive.sh CKPT NAME) at /home/model-server/model-store
 # and a file of client keys at /home/model-server/keys/api-keys.
 #
@@ -15,7 +15,7 @@ FROM python:3.11-slim-bookworm
 # Debian's versions are not pinned (DL3008): its security updates replace them, the base tag fixes the release.
 # hadolint ignore=DL3008
 RUN apt-get update \
- && apt-get install -y --no-install-recommends openjdk-17-jre-headless tini \
+ && apt-get install -y --no-install-recommends openjdk-17-jre-headless tini nginx \
  && rm -rf /var/lib/apt/lists/*
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -37,14 +37,15 @@ RUN groupadd --gid 1000 model-server \
  && chown 1000:1000 /home/model-server/model-store /home/model-server/work
 
 COPY deploy/entrypoint.sh /opt/textclf/deploy/entrypoint.sh
-COPY serving/gateway.py /opt/textclf/serving/gateway.py
+COPY serving/proxy.py /opt/textclf/serving/proxy.py
+COPY deploy/nginx/textclf.conf.in /opt/textclf/deploy/nginx/textclf.conf.in
 # The defaults; Kubernetes mounts the ConfigMap over this folder.
 COPY config.properties handlers/model-config.yaml /home/model-server/config/
 
 USER 1000:1000
 WORKDIR /home/model-server
 VOLUME ["/home/model-server/model-store"]
-# 8080: the gateway (a key needed, except GET /ping and /live for the probes); 8082: Prometheus metrics.
+# 8080: nginx (a key needed, except GET /ping, /live and /v2/health/* for the probes); 8082: Prometheus metrics.
 # TorchServe's inference (8085), management (8081) and gRPC (7070, 7071) ports listen on 127.0.0.1 only.
 EXPOSE 8080 8082
 ENTRYPOINT ["/usr/bin/tini", "--", "/opt/textclf/deploy/entrypoint.sh"]

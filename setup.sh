@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up a fresh machine: Java 17 (TorchServe's frontend) and .venv/ with the pinned packages.
+# Set up a fresh machine: Java 17 (TorchServe's frontend), nginx (the proxy) and .venv/ with the pinned packages.
 # Safe to run again: it skips what is already in place.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -12,6 +12,24 @@ if ! java_ok; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq openjdk-17-jre-headless >/dev/null
   java_ok || { echo "setup: Java 17 is still missing; install it and run again" >&2; exit 1; }
+fi
+
+# nginx, the proxy in front of TorchServe in the container (serving/proxy.py starts it itself; tests start it
+# on loopback). Debian's package is unpacked into .tools/nginx rather than installed, so that no nginx service
+# starts and listens on port 80.
+nginx_ok() { command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || [ -x .tools/nginx/usr/sbin/nginx ]; }
+if ! nginx_ok; then
+  echo "setup: unpacking Debian's nginx into .tools/nginx"
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  DL="$(mktemp -d)"
+  (cd "$DL" && apt-get download -qq nginx 2>/dev/null) \
+    || { $SUDO apt-get update -qq && (cd "$DL" && apt-get download -qq nginx 2>/dev/null); } \
+    || { echo "setup: could not download Debian's nginx package; install nginx and run again" >&2; exit 1; }
+  mkdir -p .tools/nginx
+  dpkg-deb -x "$DL"/nginx_*.deb .tools/nginx
+  rm -rf "$DL"
+  .tools/nginx/usr/sbin/nginx -v 2>/dev/null \
+    || { echo "setup: the unpacked nginx does not run (libraries missing?): apt-get install nginx" >&2; exit 1; }
 fi
 
 PY="${PYTHON:-python3.11}"; command -v "$PY" >/dev/null || PY=python3

@@ -1,7 +1,7 @@
 """The container image and the Kubernetes manifests, checked offline (no Docker daemon, no cluster):
 
 - Dockerfile: base, Java 17, CPU torch from the PyTorch CPU index, pins equal to requirements.txt, non-root
-  numeric USER, only the gateway and metrics ports exposed, the model store a VOLUME, hadolint clean.
+  numeric USER, only the proxy and metrics ports exposed, the model store a VOLUME, hadolint clean.
 - deploy/k8s/*.yaml: core kinds against Kubernetes' own schemas (kubernetes-validate, strict: unknown fields
   rejected) for the oldest and newest API versions it bundles; InferenceServices against KServe's CRD schema
   (deploy/schemas/, jsonschema) with unknown fields rejected; each with a negative case that must fail.
@@ -21,7 +21,7 @@ import pytest
 import yaml
 from packaging.requirements import Requirement
 
-from serving import gateway
+from serving import proxy
 from serving.kserve import layout
 from serving.torchserve import BIN, ROOT, read_model_config, read_properties
 
@@ -29,7 +29,7 @@ DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"
 KUBE_VERSIONS = ("1.25.0", "1.37.0")     # the oldest and newest that kubernetes-validate 1.37.0 bundles
 TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
-OUTWARD_PORTS = {8080, 8082}             # the gateway, Prometheus metrics
+OUTWARD_PORTS = {8080, 8082}             # the proxy, Prometheus metrics
 LOOPBACK_PORTS = {8081, 8085, 7070, 7071}
 
 
@@ -75,6 +75,13 @@ def pins(path):
         exact = [s.version for s in req.specifier if s.operator == "=="]
         found[req.name.lower().replace("_", "-")] = exact[0] if exact else None
     return found
+
+
+def open_paths():
+    """The exact paths nginx answers without the key check (deploy/nginx/textclf.conf.in)."""
+    text = proxy.TEMPLATE.read_text(encoding="utf-8")
+    blocks = re.findall(r"^        location = (\S+) \{(.*?)^        \}", text, re.M | re.S)
+    return {path for path, body in blocks if "key-check" not in body}
 
 
 def entrypoint_defaults():
@@ -301,12 +308,12 @@ def test_the_deployment_agrees_with_the_image_and_the_entrypoint():
     (container,) = pod["containers"]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert set(ports.values()) == OUTWARD_PORTS and not set(ports.values()) & LOOPBACK_PORTS
-    listen = entrypoint_defaults()["GATEWAY_LISTEN"]
+    listen = entrypoint_defaults()["PROXY_LISTEN"]
     assert listen == f"0.0.0.0:{ports['http']}"
     assert entrypoint_defaults()["METRICS_ADDRESS"].endswith(f":{ports['metrics']}")
     for probe, path in (("startupProbe", "/ping"), ("readinessProbe", "/ping"), ("livenessProbe", "/live")):
         assert container[probe]["httpGet"] == {"path": path, "port": "http"}, probe
-        assert path in gateway.OPEN_PATHS, f"{probe} {path} would need a key the kubelet does not send"
+        assert path in open_paths(), f"{probe} {path} would need a key the kubelet does not send"
     assert {p["targetPort"] for p in service["spec"]["ports"]} == {"http", "metrics"}
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
     assert int(annotations["prometheus.io/port"]) == ports["metrics"]
@@ -341,10 +348,10 @@ def test_autoscalers_target_the_deployment():
 
 def test_the_example_secret_cannot_be_deployed_as_it_is(tmp_path):
     (tmp_path / "api-keys").write_text(one("Secret", "secret.example.yaml")["stringData"]["api-keys"])
-    assert gateway.Keys(str(tmp_path / "api-keys")).refresh() == ()
+    assert proxy.read_keys(tmp_path / "api-keys")[0] == set()
 
 
-def test_the_network_policy_opens_the_gateway_and_limits_metrics():
+def test_the_network_policy_opens_the_proxy_and_limits_metrics():
     policy = one("NetworkPolicy")
     rules = {rule["ports"][0]["port"]: rule for rule in policy["spec"]["ingress"]}
     assert set(rules) == OUTWARD_PORTS
