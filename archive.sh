@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Package a checkpoint folder into model_store/NAME.mar: handler + textclf/ model code + checkpoint files.
+# Package a checkpoint folder into model_store/NAME.mar: handler + textclf/ model code + protocol/ request
+# protocol + checkpoint files.
 # Usage: ./archive.sh [--gpu] CHECKPOINT_DIR [NAME]      (NAME defaults to the run folder's name)
 #   --gpu: GPU workers (handlers/model-config-gpu.yaml laid over the model-config; see that file)
 # Environment: MODEL_CONFIG (default handlers/model-config.yaml), MODEL_STORE (default model_store/).
@@ -45,8 +46,11 @@ WORK="$(mktemp -d)"; trap 'rm -rf "$WORK"' EXIT
 STAGE="$WORK/stage"; mkdir -p "$STAGE"
 for f in $FILES; do cp -R "$CKPT/$f" "$STAGE/"; done
 for f in metrics.json train_args.json; do [ -f "$CKPT/$f" ] && cp "$CKPT/$f" "$STAGE/"; done
-mkdir -p "$STAGE/textclf"
-cp "$ROOT"/textclf/*.py "$STAGE/textclf/"
+# the model code and the request protocol, importable from the unpacked archive (the worker's PYTHONPATH)
+for package in textclf protocol; do
+  mkdir -p "$STAGE/$package"
+  cp "$ROOT/$package"/*.py "$STAGE/$package/"
+done
 
 CONFIG="${MODEL_CONFIG:-$ROOT/handlers/model-config.yaml}"
 [ -f "$CONFIG" ] || die "model-config '$CONFIG' does not exist"

@@ -1,14 +1,14 @@
 """TorchServe handler: validate each request, classify the texts of all valid ones in shared forward passes.
 
-The model code is textclf/, shipped inside the .mar next to the checkpoint files; this handler only turns
-TorchServe requests into texts and predictions into JSON. No request can fail another: a bad request gets its
-own 4xx; if a shared forward pass raises, each request of the batch is run again alone and only the one that
-still fails gets a 500. Requests, forms and errors: README "Request and response contract".
+The model code is textclf/, the request protocol protocol/, both shipped inside the .mar next to the checkpoint
+files; this handler only hands TorchServe's requests to protocol/, their texts to the Predictor, and the answers
+back. No request can fail another: a bad request gets its own 4xx; if a shared forward pass raises, each request
+of the batch is run again alone and only the one that still fails gets a 500. Requests, forms and errors: README
+"Request and response contract" and "Request protocol".
 
-TorchServe takes the one class this module defines as the handler: helpers live in textclf/.
+TorchServe takes the one class this module defines as the handler: helpers live in textclf/ and protocol/.
 """
 import fcntl
-import json
 import logging
 import os
 import tempfile
@@ -19,8 +19,9 @@ import torch
 from ts.metrics.dimension import Dimension
 from ts.torch_handler.base_handler import BaseHandler
 
+import protocol
+from protocol import Failure, Limits, ModelInfo, Request, RequestError, parse_request
 from textclf.explain import explain, words
-from textclf.inputs import Failure, Limits, Request, RequestError, parse_request
 from textclf.predict import Predictor, usable_cores, worker_threads
 
 log = logging.getLogger(__name__)
@@ -62,8 +63,11 @@ class TextClassifierHandler(BaseHandler):
         self.top_k = min(int(settings.get("top_k", 3)), len(self.predictor.labels))
         self._reject_settings(settings)
         model = (getattr(context, "manifest", None) or {}).get("model", {})
-        self.model_name = model.get("modelName") or getattr(context, "model_name", "model")
-        self.model_version = str(model.get("modelVersion", "1.0"))
+        self.model_info = ModelInfo(
+            name=model.get("modelName") or getattr(context, "model_name", "model"),
+            version=str(model.get("modelVersion", "1.0")), labels=self.predictor.labels,
+            multi_label=self.predictor.multi_label, out_of_scope=self.predictor.out_of_scope_threshold is not None,
+            platform="pytorch_torchserve" if isinstance(self.predictor.model, torch.nn.Module) else "onnxruntime_onnx")
         with torch.inference_mode():
             self.predictor.predict_proba(WARMUP_TEXTS)
         self.initialized = True
@@ -97,11 +101,15 @@ class TextClassifierHandler(BaseHandler):
         # /explanations with /predictions: each request is routed on its own header in preprocess().
         return False
 
-    def _content_type(self, idx, row):
+    def _headers(self, idx):
+        """The request's HTTP headers, as TorchServe passes them (names as the client wrote them), without the
+        per-body entries ({"body": {"content-type": ...}}) it keeps in the same map."""
+        return {k: v for k, v in (self.context.get_all_request_header(idx) or {}).items() if isinstance(v, str)}
+
+    def _content_type(self, idx, row, headers):
         """The client's Content-Type header as sent, parameters (charset) included; TorchServe's per-body
         content type has them stripped."""
-        headers = self.context.get_all_request_header(idx) or {}
-        sent = next((v for k, v in headers.items() if k.lower() == "content-type" and isinstance(v, str)), None)
+        sent = next((v for k, v in headers.items() if k.lower() == "content-type"), None)
         if sent is not None:
             return sent
         for name in ("data", "body"):
@@ -128,8 +136,9 @@ class TextClassifierHandler(BaseHandler):
         parsed, budget = [], self.max_batch_tokens
         for idx, row in enumerate(data):
             try:
-                request = parse_request(row, self._content_type(idx, row), self.predictor.labels, self.top_k,
-                                        self.limits, self.context.get_request_header(idx, "explain") == "True")
+                headers = self._headers(idx)
+                request = parse_request(row, self._content_type(idx, row, headers), self.predictor.labels,
+                                        self.top_k, self.limits, headers.get("explain") == "True", headers)
                 work = self._work(request)
                 if work > self.max_batch_tokens:
                     raise RequestError(f"the request holds up to {work} tokens of model work; the limit is "
@@ -216,94 +225,53 @@ class TextClassifierHandler(BaseHandler):
 
     def inference(self, parsed):
         stats = {}
-        valid = [(i, p) for i, p in enumerate(parsed) if isinstance(p, Request)]
+        valid = [(i, p) for i, p in enumerate(parsed) if isinstance(p, Request) and p.form != "metadata"]
         results = self._classify([(i, r) for i, r in valid if not r.explain], stats)
         results.update({i: self._explain(i, r, stats) for i, r in valid if r.explain})
         return parsed, results, stats
 
     def _answer(self, request, result, stats):
+        """The typed answer (protocol.answers) to a valid request."""
+        if request.form == "metadata":
+            return protocol.metadata(self.model_info)
         if request.explain:
-            return result[0] if request.form == "one" else {"explanations": result}
-        k = request.top_k
-        if request.form == "v2" and self.predictor.multi_label and not request.top_k_asked:
-            k = len(self.predictor.labels)   # v2, multi-label: every label ranked, flagged where predicted
-        predictions = self.predictor.answers(result, k)
+            return protocol.explanation(request, result)
+        predictions = self.predictor.answers(result, protocol.labels_to_rank(request, self.model_info))
         stats["out_of_scope"] = stats.get("out_of_scope", 0) + sum(p.get("out_of_scope", False) for p in predictions)
-        if request.form == "one":
-            return predictions[0]
-        if request.form in ("many", "v1"):
-            return {"predictions": predictions}
-        return self._v2_answer(request, predictions)
-
-    def _v2_answer(self, request, predictions):
-        if self.predictor.multi_label:
-            return self._v2_multi_label(request, predictions)
-        n, k = len(predictions), request.top_k if request.top_k_asked else 1
-        ranked = [p["top_k"][:k] for p in predictions]
-        shape = [n, k] if request.top_k_asked else [n]
-        columns = {
-            "label": {"name": "label", "shape": shape, "datatype": "BYTES",
-                      "data": [x["label"] for row in ranked for x in row]},
-            "score": {"name": "score", "shape": shape, "datatype": "FP32",
-                      "data": [x["score"] for row in ranked for x in row]},
-            # per text: below the reject threshold (its label and score columns still rank the labels)
-            "out_of_scope": {"name": "out_of_scope", "shape": [n], "datatype": "BOOL",
-                             "data": [p.get("out_of_scope", False) for p in predictions]},
-        }
-        answer = {"model_name": self.model_name, "model_version": self.model_version}
-        if request.id is not None:
-            answer["id"] = request.id
-        names = request.outputs or (("label", "score") + (
-            ("out_of_scope",) if self.predictor.out_of_scope_threshold is not None else ()))
-        answer["outputs"] = [columns[name] for name in names if name in columns]   # "selected": multi-label only
-        return answer
-
-    def _v2_multi_label(self, request, predictions):
-        """Labels ranked per text, shape [n, k] (k: top_k if asked, else every label), with "selected" marking
-        the labels at or over their thresholds: a fixed-shape tensor for label sets of any size."""
-        n, k = len(predictions), len(predictions[0]["top_k"]) if predictions else 0
-        chosen = [{x["label"] for x in p["labels"]} for p in predictions]
-        cells = [(x, i) for i, p in enumerate(predictions) for x in p["top_k"]]
-        columns = {
-            "label": {"name": "label", "shape": [n, k], "datatype": "BYTES", "data": [x["label"] for x, _ in cells]},
-            "score": {"name": "score", "shape": [n, k], "datatype": "FP32", "data": [x["score"] for x, _ in cells]},
-            "selected": {"name": "selected", "shape": [n, k], "datatype": "BOOL",
-                         "data": [x["label"] in chosen[i] for x, i in cells]},
-        }
-        answer = {"model_name": self.model_name, "model_version": self.model_version}
-        if request.id is not None:
-            answer["id"] = request.id
-        answer["outputs"] = [columns[name] for name in (request.outputs or ("label", "score", "selected"))
-                             if name in columns]
-        return answer
+        return protocol.prediction(request, predictions, self.model_info)
 
     def postprocess(self, output):
-        """-> one compact JSON string per request (TorchServe passes strings through; a dict it would indent,
-        and the answers of a batch travel to the frontend in one message of at most max_response_size)."""
+        """-> one answer per request: compact JSON as a str (TorchServe passes strings through; a dict it would
+        indent), or bytes for a binary v2 answer; the answers of a batch travel to the frontend in one message
+        of at most max_response_size."""
         parsed, results, stats = output
         answers, statuses = [], []
         for idx, item in enumerate(parsed):
-            self.context.set_response_content_type(idx, "application/json")
             result = results.get(idx)
             error = result if isinstance(item, Request) else item
             if isinstance(item, Request) and not isinstance(result, Failure):
-                answer = json.dumps(self._answer(item, result, stats), ensure_ascii=False, separators=(",", ":"))
-                size = len(answer.encode("utf-8"))
-                if size <= self.max_answer_bytes:
-                    answers.append(answer)
+                reply = protocol.reply(self._answer(item, result, stats))
+                if reply.size <= self.max_answer_bytes:
+                    answers.append(self._send(idx, reply))
                     statuses.append(200)
                     continue
-                error = RequestError(f"the answer would take {size} bytes; the limit is "
+                error = RequestError(f"the answer would take {reply.size} bytes; the limit is "
                                      f"{self.max_answer_bytes}: ask for a smaller top_k or fewer texts", 413)
-            kind = {500: "internal", 503: "overload"}.get(error.status, "validation")
-            self.context.set_response_status(error.status, HTTPStatus(error.status).phrase, idx)
-            answers.append(json.dumps({"error": str(error), "error_type": kind, "status": error.status},
-                                      ensure_ascii=False, separators=(",", ":")))
+            answers.append(self._send(idx, protocol.reply(protocol.error(str(error), error.status), error.status)))
             statuses.append(error.status)
-            if kind == "validation":
+            if error.status not in (500, 503):
                 log.info("request %d refused (%d): %s", idx, error.status, error)
         self._record(statuses, stats)
         return answers
+
+    def _send(self, idx, reply):
+        """Content type, status and headers of one answer -> its body."""
+        self.context.set_response_content_type(idx, reply.content_type)
+        if reply.status != 200:
+            self.context.set_response_status(reply.status, HTTPStatus(reply.status).phrase, idx)
+        for name, value in reply.headers.items():
+            self.context.set_response_header(idx, name, value)
+        return reply.body
 
     def _record(self, statuses, stats):
         """Prometheus counters (through TorchServe's metrics): requests by outcome and status, and the work."""

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from textclf.inputs import Limits, Request, RequestError, parse_request
+from protocol import Limits, Request, RequestError, parse_request
 from textclf.tokenization import HFTokenizer, WordTokenizer
 
 EXAMPLES = int(os.environ.get("TEXTCLF_FUZZ_EXAMPLES", "300"))

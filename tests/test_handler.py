@@ -34,13 +34,13 @@ class FakeContext:
         self.manifest = {"model": {"modelName": "tinytest", "handler": "text_classifier.py"}}
         self.metrics = FakeMetrics()
         self.headers = []
-        self.statuses, self.content_types = {}, {}
+        self.statuses, self.content_types, self.response_headers = {}, {}, {}
 
     def new_batch(self, headers):
         """Per-request headers as the worker builds them: {parameter name: {"content-type": ...}, header: value};
         TorchServe's frontend adds "explain": "True" or "False" to every request."""
         self.headers = [{"explain": "False", **h} for h in headers]
-        self.statuses, self.content_types = {}, {}
+        self.statuses, self.content_types, self.response_headers = {}, {}, {}
 
     def get_request_header(self, idx, key):
         return self.headers[idx].get(key) if idx < len(self.headers) else None
@@ -53,6 +53,9 @@ class FakeContext:
 
     def set_response_content_type(self, idx, value):
         self.content_types[idx] = value
+
+    def set_response_header(self, idx, key, value):
+        self.response_headers.setdefault(idx, {})[key] = value
 
 
 def load_handler_module():

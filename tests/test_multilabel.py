@@ -9,6 +9,7 @@ import pytest
 
 from conftest import KEYWORDS, run_failing_cli, toy_sentence, train_args
 from test_handler import JSON, PLAIN, handle, start
+from test_protocol import as_sent, infer_body, result, send
 from textclf.config import ModelConfig
 from textclf.predict import Predictor
 
@@ -143,6 +144,23 @@ def test_the_handler_answers_every_form_with_label_sets(multi_ckpt):
     rows = np.array(outputs["label"]["data"]).reshape(4, 3)
     picked = np.array(outputs["selected"]["data"]).reshape(4, 3)
     assert [[label for label, on in zip(r, p) if on] for r, p in zip(rows, picked)] == names
+
+
+def test_tritonclient_binary_requests_and_metadata_of_a_multi_label_model(multi_ckpt):
+    handler, context = start(multi_ckpt)
+    predictor = Predictor.from_checkpoint(multi_ckpt)
+    names = [[x["label"] for x in a["labels"]] for a in predictor.predict(TEXTS, 3)]
+    everything, top_two, metadata = send(handler, context, [
+        as_sent(*infer_body(TEXTS)), as_sent(*infer_body(TEXTS[:1], parameters={"top_k": 2})),
+        ({}, {"X-Textclf-Request": "metadata"})])
+    got = result(everything)
+    rows, picked = got.as_numpy("label"), got.as_numpy("selected")
+    assert rows.shape == picked.shape == got.as_numpy("score").shape == (4, 3) and picked.dtype == bool
+    assert [[label.decode() for label, on in zip(r, p) if on] for r, p in zip(rows, picked)] == names
+    assert result(top_two).as_numpy("label").shape == (1, 2)
+    assert json.loads(metadata[3])["outputs"] == [{"name": "label", "datatype": "BYTES", "shape": [-1, 3]},
+                                                  {"name": "score", "datatype": "FP32", "shape": [-1, 3]},
+                                                  {"name": "selected", "datatype": "BOOL", "shape": [-1, 3]}]
 
 
 def test_explanations_of_each_predicted_label_or_a_named_one(multi_ckpt, multi_data):

@@ -153,6 +153,39 @@ def test_v2_body_that_is_not_json(server):
     assert_error(post(server, f"/v2/models/{MODEL}/infer", data=b'{"inputs": ['), 400, "not valid JSON")
 
 
+# ---- Open Inference Protocol as tritonclient sends it (binary tensor data), and model metadata
+
+@pytest.mark.parametrize("path", [f"/v2/models/{MODEL}/infer", f"/predictions/{MODEL}"])
+def test_tritonclient_binary_request_and_answer(server, predictor, path):
+    import numpy as np
+    import tritonclient.http as th
+    tensor = th.InferInput("text", [3], "BYTES")
+    tensor.set_data_from_numpy(np.array(SENTENCES[:3], dtype=object))
+    body, size = th.InferenceServerClient.generate_request_body([tensor], request_id="b-1")
+    binary = {"Inference-Header-Content-Length": str(size)}
+    r = post(server, path, data=body, content_type="application/octet-stream", headers=binary)
+    assert r.status_code == 200, r.text
+    # the handler's response header reaches the client through TorchServe's frontend
+    got = th.InferenceServerClient.parse_response_body(r.content,
+                                                       header_length=r.headers["Inference-Header-Content-Length"])
+    expected = predictor.predict(SENTENCES[:3])
+    assert got.get_response()["id"] == "b-1"
+    assert got.as_numpy("label").tolist() == [e["label"].encode() for e in expected]
+    assert got.as_numpy("score") == pytest.approx([e["score"] for e in expected], abs=1e-4)
+    assert_error(post(server, path, data=body[:-3], content_type="application/octet-stream", headers=binary), 400,
+                 "binary_data_size is")
+
+
+def test_model_metadata(server):
+    r = requests.post(f"{server.inference}/predictions/{MODEL}", data=b"", timeout=HTTP_TIMEOUT,
+                      headers={**server.auth, "X-Textclf-Request": "metadata"})
+    assert r.status_code == 200, r.text
+    assert r.json() == {"name": MODEL, "versions": ["1.0"], "platform": "pytorch_torchserve",
+                        "inputs": [{"name": "text", "datatype": "BYTES", "shape": [-1]}],
+                        "outputs": [{"name": "label", "datatype": "BYTES", "shape": [-1]},
+                                    {"name": "score", "datatype": "FP32", "shape": [-1]}]}
+
+
 # ---- explanations
 
 @pytest.mark.parametrize("how", ["plain", "json"])

@@ -1,4 +1,4 @@
-"""Errors raised at the project's edges: data files, checkpoints, requests."""
+"""Errors raised at the project's edges: data files, checkpoints (requests: protocol/errors.py)."""
 
 
 class DataError(ValueError):
@@ -12,7 +12,3 @@ class DataError(ValueError):
 
 class CheckpointError(ValueError):
     """A checkpoint folder that is missing files or whose files disagree with each other."""
-
-
-class InputError(ValueError):
-    """A request that cannot be classified (empty text, wrong JSON shape, bad encoding)."""
