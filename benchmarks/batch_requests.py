@@ -26,7 +26,8 @@ import requests
 from tqdm import tqdm
 
 from benchmarks.common import git_commit, machine, versions
-from serving.torchserve import ROOT, TorchServe, archive, read_model_config
+from serving.torchserve import ROOT, TorchServe, archive
+from textclf.config import read_model_config
 from textclf.data import read_examples
 
 

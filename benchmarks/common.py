@@ -1,29 +1,13 @@
 """What every benchmark records beside its numbers (the machine, the software, the commit): one helper each,
-shared by all benchmarks. TorchServe's own files are read by serving.torchserve (read_properties,
-read_model_config)."""
-import os
-import platform
+shared by all benchmarks. The machine is described by textclf.machine (train.optimize records it too) and
+TorchServe's model-config.yaml is read by textclf.config.read_model_config."""
 import subprocess
 from importlib import metadata
 from pathlib import Path
 
+from textclf.machine import machine
+
 ROOT = Path(__file__).resolve().parents[1]
-# the CPU features that decide CPU speed here: vector width, int8 dot products, bf16, AMX
-SPEED_FLAGS = {"avx2", "fma", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_bf16", "amx_int8"}
-
-
-def _first(path, prefix):
-    with open(path, encoding="utf-8") as f:
-        return next((line.split(":", 1)[1].strip() for line in f if line.startswith(prefix)), "")
-
-
-def machine():
-    """{"nproc", "cpu", "flags", "ram_gib", "os", "python"} of this machine (nproc: the cores this process may use)."""
-    from textclf.predict import cpu_flags
-    kib = int(_first("/proc/meminfo", "MemTotal:").split()[0] or 0)
-    return {"nproc": len(os.sched_getaffinity(0)), "cpu": _first("/proc/cpuinfo", "model name") or platform.processor(),
-            "flags": sorted(SPEED_FLAGS & cpu_flags()),
-            "ram_gib": round(kib / 2**20, 1), "os": platform.platform(), "python": platform.python_version()}
 
 
 def append_section(record, text):
@@ -31,7 +15,7 @@ def append_section(record, text):
     record = Path(record)
     before = record.read_text(encoding="utf-8") if record.exists() else ""
     if not before:
-        prefix = "# Benchmarks\n\nSections appended by benchmarks/serving.sh, newest last.\n\n"
+        prefix = "# Benchmarks\n\nSections appended by python -m benchmarks.serving, newest last.\n\n"
     else:
         prefix = "" if before.endswith("\n\n") else "\n" if before.endswith("\n") else "\n\n"
     with record.open("a", encoding="utf-8") as f:

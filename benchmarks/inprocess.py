@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from serving.torchserve import read_model_config
+from textclf.config import read_model_config
 
 ROOT = Path(__file__).resolve().parents[1]
 

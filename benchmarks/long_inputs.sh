@@ -3,7 +3,7 @@
 # length (pass_overhead_tokens 64, the default) or all padded to the longest (pass_overhead_tokens 0).
 # Usage: benchmarks/long_inputs.sh CKPT [--data data/r52/test.tsv] [--levels "1 8 32"] [--duration 20s]
 #            [--out results/long-inputs]
-# Runs benchmarks/serving.sh twice on the same checkpoint and documents, with handlers/model-config.yaml as it
+# Runs python -m benchmarks.serving twice on the same checkpoint and documents, with handlers/model-config.yaml as it
 # is and with pass_overhead_tokens set to 0, then writes OUT/summary.{json,md}: req/s, p50/p99 and the
 # padding share of the forward passes (from the textclf_* counters) side by side.
 set -euo pipefail
@@ -31,8 +31,8 @@ grep -q '^  pass_overhead_tokens: 0' "$OUT/model-config-no-split.yaml" || die "n
 for run in split no-split; do
   config="$ROOT/handlers/model-config.yaml"; [ "$run" = no-split ] && config="$OUT/model-config-no-split.yaml"
   echo "==== $run ($config)"
-  "$ROOT/benchmarks/serving.sh" "$CKPT" --data "$DATA" --levels "$LEVELS" --duration "$DURATION" \
-    --inprocess-seconds 5 --model-config "$config" --record "" --out "$OUT/$run"
+  (cd "$ROOT" && .venv/bin/python -m benchmarks.serving "$CKPT" --data "$DATA" --levels "$LEVELS" --duration "$DURATION" \
+    --inprocess-seconds 5 --model-config "$config" --record "" --out "$OUT/$run")
 done
 "$ROOT/.venv/bin/python" - "$OUT" "$COMMAND" <<'EOF'
 import json, sys
@@ -41,7 +41,7 @@ from benchmarks.common import machine
 out, command = Path(sys.argv[1]), sys.argv[2]
 
 def counters(run):
-    """Sums of the handler's textclf_* counters over the run (TorchServe's metrics, scraped by serving.sh)."""
+    """Sums of the handler's textclf_* counters over the run (TorchServe's metrics, scraped by benchmarks.serving)."""
     from benchmarks.latency import metric_sums
     page = out / run / "metrics.txt"
     return metric_sums(page.read_text()) if page.is_file() else {}

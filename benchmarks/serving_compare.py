@@ -1,4 +1,4 @@
-"""Put the two runs of `benchmarks/serving.sh CKPT --optimized DIR` side by side.
+"""Put the two runs of `python -m benchmarks.serving CKPT --optimized DIR` side by side.
 
 Reads OUT/fp32/results.json and OUT/optimized/results.json (each written by serving_report.py), evaluates
 both checkpoints on the test split of the load's data (accuracy, in-process), and writes OUT/comparison.json,

@@ -1,4 +1,4 @@
-"""Collect one serving benchmark (benchmarks/serving.sh) into results.json, plots, a table and BENCHMARKS.md.
+"""Collect one serving benchmark (python -m benchmarks.serving) into results.json, plots, a table and BENCHMARKS.md.
 
 Reads OUT/inprocess.json and OUT/users-N/summary.json for each level; writes OUT/results.json and
 the two PNGs (benchmarks/plot_serving.py), appends a section to --record, and prints the table with
@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from benchmarks.common import append_section, git_commit, machine, versions
-from serving.torchserve import read_model_config
+from textclf.config import read_model_config
 
 ROOT = Path(__file__).resolve().parents[1]
 RATIO_USERS = 32

@@ -22,7 +22,8 @@ import json
 import sys
 from pathlib import Path
 
-from serving.torchserve import ROOT, TorchServeError, archive, read_model_config, write_config
+from serving.torchserve import ROOT, TorchServeError, archive, write_config
+from textclf.config import read_model_config
 
 
 def snapshot(name, model_config):

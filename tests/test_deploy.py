@@ -23,7 +23,8 @@ from packaging.requirements import Requirement
 
 from serving import proxy
 from serving.kserve import layout
-from serving.torchserve import BIN, ROOT, read_model_config, read_properties
+from serving.torchserve import BIN, ROOT, read_properties
+from textclf.config import read_model_config
 
 DEPLOY = ROOT / "deploy"
 K8S = DEPLOY / "k8s"

@@ -1,6 +1,6 @@
 """Load test and serving benchmark: the summary maths, the loopback guard, and one short real run.
 
-The real run is benchmarks/serving.sh end to end on the tiny toy model (archive, TorchServe on free
+The real run is python -m benchmarks.serving end to end on the tiny toy model (archive, TorchServe on free
 loopback ports with a private temp dir, 2 locust users for 5 s, stop, report), so it needs no
 TorchServe fixture of its own. Numbers are not asserted, only that everything was written and
 every request succeeded.
@@ -77,7 +77,7 @@ def test_serving_benchmark_end_to_end(tiny_ckpt, toy_data_dir, tmp_path):
     out, work = tmp_path / "bench", tmp_path / "work"
     work.mkdir()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"TMPDIR": str(work)}
-    cmd = [str(ROOT / "benchmarks/serving.sh"), str(tiny_ckpt), "--duration", "5s", "--levels", "2",
+    cmd = [str(ROOT / ".venv/bin/python"), "-m", "benchmarks.serving", str(tiny_ckpt), "--duration", "5s", "--levels", "2",
            "--inprocess-seconds", "1", "--data", str(toy_data_dir / "test.txt"), "--out", str(out), "--record", ""]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=540)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]

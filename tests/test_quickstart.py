@@ -9,6 +9,7 @@ in place of data/snips (train.optimize measures accuracy on its valid split); ne
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -17,15 +18,21 @@ from pathlib import Path
 
 import pytest
 
-from serving.torchserve import server_env
 from conftest import ROOT
 from tsutil import torchserve
 
-pytestmark = pytest.mark.serving
 FILES = ["quickstart.sh", "setup.sh", "archive.sh", "requirements.txt", "pyproject.toml", "config.properties",
-         "handlers", "textclf", "train", "serving", "benchmarks"]
+         "handlers", "textclf", "protocol", "train", "serving", "benchmarks"]
 MODEL_CONFIG = "minWorkers: 1\nmaxWorkers: 1\nbatchSize: 4\nmaxBatchDelay: 5\nresponseTimeout: 30\n" \
                "handler:\n  torch_threads: 1\n"
+
+
+def test_the_epoch_time_it_announces_is_the_committed_quickstart_run():
+    """quickstart.sh's training line quotes results/quickstart-run (the fresh run of this very command)."""
+    line = next(line for line in (ROOT / "quickstart.sh").read_text().splitlines() if "== training" in line)
+    seconds, where = re.search(r"one epoch: (\d+) s on .* in (results/[\w/-]+)", line).groups()
+    best = json.loads((ROOT / where / "summary.json").read_text())["best"]
+    assert int(seconds) == round(best["epoch_seconds"]), (line, best)
 
 
 def port_taken(port):
@@ -43,16 +50,14 @@ def repo_copy(tmp_path, tiny_ckpt, toy_data_dir):
         pytest.skip(".venv is not set up for this checkout's requirements: run ./setup.sh first")
     repo = tmp_path / "repo"
     repo.mkdir()
-    for name in FILES:
+    for name in filter(lambda f: (ROOT / f).exists(), FILES):   # protocol/: where archive.sh packs it too
         (shutil.copytree if (ROOT / name).is_dir() else shutil.copy2)(ROOT / name, repo / name)
     (repo / ".venv").symlink_to(ROOT / ".venv")
     shutil.copytree(tiny_ckpt, repo / "runs" / "snips-minilm-cls" / "checkpoint-best")
     shutil.copytree(toy_data_dir, repo / "data" / "snips")
     (repo / "handlers" / "model-config.yaml").write_text(MODEL_CONFIG)
     yield repo
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"TMPDIR": str(private_tmp(repo))}
-    subprocess.run([str(ROOT / ".venv" / "bin" / "torchserve"), "--stop"], cwd=repo, env=env, timeout=60,
-                   capture_output=True)
+    stop(repo, check=False)
     shutil.rmtree(private_tmp(repo), ignore_errors=True)
 
 
@@ -60,6 +65,13 @@ def private_tmp(repo):
     """The temp folder quickstart.sh gives its TorchServe (named after the checkout's path)."""
     digest = hashlib.sha256(str(repo).encode()).hexdigest()[:10]
     return Path(f"/tmp/textclf-ts-{os.getuid()}-{digest}")
+
+
+def stop(repo, check=True):
+    """The stop command quickstart.sh prints: the harness stops the server whose pid file is in the private temp."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-m", "serving.torchserve", "stop", "--tmp",
+                    str(private_tmp(repo))], cwd=repo, env=env, timeout=120, check=check, capture_output=True)
 
 
 def quickstart(repo, *args):
@@ -72,6 +84,7 @@ def quickstart(repo, *args):
     return rc, log.read_text()
 
 
+@pytest.mark.serving
 def test_quickstart_serves_and_stops_only_its_own_torchserve(repo_copy, tiny_ckpt, tmp_path):
     if port_taken(8080):
         pytest.skip("port 8080 on 127.0.0.1 is taken; quickstart.sh serves there")
@@ -95,11 +108,9 @@ def test_quickstart_serves_and_stops_only_its_own_torchserve(repo_copy, tiny_ckp
         assert theirs.predict(data=b"rain").status_code == 200
         assert quickstart(repo_copy, "--gpu")[0] == 2   # an unknown flag: usage, nothing started
         # the stop command it prints stops it, and only it
-        assert f"TMPDIR={private_tmp(repo_copy)} .venv/bin/torchserve --stop" in out
-        env = server_env(private_tmp(repo_copy))
-        subprocess.run([str(ROOT / ".venv" / "bin" / "torchserve"), "--stop"], cwd=repo_copy, env=env, timeout=60,
-                       check=True, capture_output=True)
-        deadline = time.monotonic() + 30   # --stop signals the server and returns; it exits soon after
+        assert f".venv/bin/python -m serving.torchserve stop --tmp {private_tmp(repo_copy)}" in out
+        stop(repo_copy)
+        deadline = time.monotonic() + 30   # the port closes as the frontend exits
         while port_taken(8080) and time.monotonic() < deadline:
             time.sleep(0.5)
         assert not port_taken(8080)

@@ -179,3 +179,13 @@ def load_labels(path):
     if len(set(labels)) != len(labels):
         raise CheckpointError(f"{path} has duplicate labels")
     return labels
+
+
+def read_model_config(path):
+    """A TorchServe model-config.yaml as a dict, with its handler section as a dict (empty when absent): the
+    serving settings (workers, batchSize, handler: {...}) that train.optimize, the benchmarks and the serving
+    tools read. PyYAML is imported here only: the handler gets the parsed file from TorchServe."""
+    import yaml
+    config = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    config["handler"] = config.get("handler") or {}
+    return config

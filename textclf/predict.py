@@ -42,16 +42,6 @@ def cpu_quota(root=CGROUP_ROOT):
     return None
 
 
-def cpu_flags():
-    """The CPU's feature flags (/proc/cpuinfo), empty where unreadable."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            line = next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        return set()
-    return set(line.split(":", 1)[1].split()) if line else set()
-
-
 def worker_threads(torch_threads, workers):
     """Torch threads of one TorchServe worker: handler.torch_threads, or its share of the usable cores."""
     return int(torch_threads or 0) or max(1, usable_cores() // max(1, int(workers or 1)))

@@ -23,7 +23,8 @@ from textclf.checkpoint import (ONNX_GRAPH, WEIGHTS, built_beside, check_folder,
                                 save_checkpoint)
 from textclf.embeddings import remove_layers
 from textclf.errors import CheckpointError
-from textclf.predict import Predictor, cpu_flags
+from textclf.machine import cpu_flags
+from textclf.predict import Predictor
 
 log = logging.getLogger("train.export")
 CHECK_TEXTS = ["play some jazz by miles davis", "what will the weather be like tomorrow in paris",

@@ -20,9 +20,11 @@ from pathlib import Path
 import torch
 
 from textclf.checkpoint import _swap_in, check_folder, readable
+from textclf.config import read_model_config
 from textclf.data import COLUMNS, find_split, read_examples
 from textclf.errors import CheckpointError, DataError
-from textclf.predict import Predictor, cpu_flags, worker_threads
+from textclf.machine import cpu_flags, machine
+from textclf.predict import Predictor, worker_threads
 
 from .evaluate import evaluate, measure_speed
 from .export import has_bf16, has_vnni
@@ -46,7 +48,6 @@ TRANSFORMER_ONLY = {"onnx-fused", "onnx-fused-int8"}
 def served_settings(path=MODEL_CONFIG):
     """(torch threads, batch size) of one TorchServe worker under handlers/model-config.yaml, as the handler
     counts them."""
-    from serving.torchserve import read_model_config
     config = read_model_config(path)
     threads = worker_threads(config["handler"].get("torch_threads"), config.get("minWorkers", 1))
     return threads, int(config.get("batchSize", 1) or 1)
@@ -220,7 +221,6 @@ def run(args):
 
 
 def write_report(folder, args, src, path, examples, rows, chosen, threads, batch_size, flags):
-    from benchmarks.common import machine
     text = table(rows, chosen, batch_size)
     where = path.name if path.stem == args.split else f"the valid examples training held out of {path.name}"
     reason = (f"Chosen: **{chosen['name']}**, the fastest at batch {batch_size} among the variants within "

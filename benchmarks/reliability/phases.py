@@ -9,7 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from benchmarks.reliability.logs import scan_logs
-from serving.torchserve import TorchServeError, read_model_config
+from serving.torchserve import TorchServeError
+from textclf.config import read_model_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
