@@ -17,6 +17,7 @@ from http import HTTPStatus
 
 import torch
 from ts.metrics.dimension import Dimension
+from ts.metrics.metric_type_enum import MetricTypes
 from ts.torch_handler.base_handler import BaseHandler
 
 import protocol
@@ -261,8 +262,20 @@ class TextClassifierHandler(BaseHandler):
             statuses.append(error.status)
             if error.status not in (500, 503):
                 log.info("request %d refused (%d): %s", idx, error.status, error)
-        self._record(statuses, stats)
+        self._record(statuses, stats, self._arrivals(len(parsed)))
         return answers
+
+    def _arrivals(self, n):
+        """When the proxy took each request (its X-Request-Start: t=SECONDS, nginx's $msec), or None for a request
+        that did not come through it: TorchServe itself does not tell the handler when a request arrived."""
+        arrivals = []
+        for idx in range(n):
+            value = next((v for k, v in self._headers(idx).items() if k.lower() == "x-request-start"), "")
+            try:
+                arrivals.append(float(value.removeprefix("t=")) if value.startswith("t=") else None)
+            except ValueError:
+                arrivals.append(None)
+        return arrivals
 
     def _send(self, idx, reply):
         """Content type, status and headers of one answer -> its body."""
@@ -273,9 +286,20 @@ class TextClassifierHandler(BaseHandler):
             self.context.set_response_header(idx, name, value)
         return reply.body
 
-    def _record(self, statuses, stats):
-        """Prometheus counters (through TorchServe's metrics): requests by outcome and status, and the work."""
+    def _record(self, statuses, stats, arrivals=()):
+        """Prometheus counters (through TorchServe's metrics): requests by outcome and status, and the work; and
+        histograms, in seconds: the time from the proxy taking a request to its answer (queue and handler; only
+        for requests that came through the proxy), and the tokenization and forward time of each batch."""
         metrics = self.context.metrics
+        now = time.time()
+        for arrived in arrivals:
+            if arrived is not None and 0 <= now - arrived < 86400:
+                metrics.add_metric(METRIC_PREFIX + "request_duration_seconds", now - arrived, "seconds", None, [],
+                                   MetricTypes.HISTOGRAM)
+        for key in ("tokenize_ms", "forward_ms"):
+            if key in stats:
+                metrics.add_metric(f"{METRIC_PREFIX}{key[:-3]}_seconds", stats[key] / 1e3, "seconds", None, [],
+                                   MetricTypes.HISTOGRAM)
         for status in sorted(set(statuses)):
             outcome = "answered" if status == 200 else f"{status // 100}xx"
             metrics.add_counter(METRIC_PREFIX + "requests_total", statuses.count(status), None,

@@ -224,3 +224,39 @@ def snips_glove_ckpt(tmp_path_factory):
                "--epochs", "2", "--threads", "1", "--seed", "42"])
     assert rc == 0, f"training the Snips GloVe + CNN fixture model failed with exit code {rc}"
     return out / "checkpoint-best"
+
+
+# ---- a toy multi-label model (tests/test_multilabel.py, tests/test_open_inference.py)
+
+def multi_lines(split, n):
+    """n toy multi-intent lines: one to three toy sentences of different labels joined with 'and'."""
+    rng = random.Random(f"multi-{split}")
+    lines = []
+    for i in range(n):
+        chosen = sorted(rng.sample(sorted(KEYWORDS), rng.choice([1, 2, 3])))
+        parts = [toy_sentence(rng, label, i if split == "train" else None) for label in chosen]
+        rng.shuffle(parts)
+        lines.append(f"{' and '.join(parts)}\t{','.join(chosen)}")
+    return lines
+
+
+@pytest.fixture(scope="session")
+def multi_data(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("multi-data")
+    for split, n in (("train", 90), ("valid", 30), ("test", 30)):
+        (folder / f"{split}.txt").write_text("\n".join(multi_lines(split, n)) + "\n", encoding="utf-8")
+    return folder
+
+
+@pytest.fixture(scope="session")
+def multi_run(tmp_path_factory, multi_data, tiny_bert_dir):
+    from train.__main__ import main
+    out = tmp_path_factory.mktemp("runs") / "toy-multi"
+    rc = main(train_args(multi_data, out, tiny_bert_dir, epochs=12, extra=["--multi-label", "--pos-weight", "auto"]))
+    assert rc == 0
+    return out
+
+
+@pytest.fixture(scope="session")
+def multi_ckpt(multi_run):
+    return multi_run / "checkpoint-best"

@@ -2,6 +2,7 @@
 every request in a batch is answered on its own; bad ones get their 4xx, good ones the Predictor's answer."""
 import importlib.util
 import json
+import time
 from http import HTTPStatus
 
 import pytest
@@ -15,7 +16,7 @@ PLAIN, JSON = {"content-type": "text/plain"}, {"content-type": "application/json
 
 class FakeMetrics:
     def __init__(self):
-        self.times, self.counters = [], {}
+        self.times, self.counters, self.observed = [], {}, []
 
     def add_time(self, name, value, idx=None, unit="ms"):
         self.times.append((name, value, unit))
@@ -23,6 +24,9 @@ class FakeMetrics:
     def add_counter(self, name, value, idx=None, dimensions=()):
         key = (name, tuple((d.name, d.value) for d in dimensions))
         self.counters[key] = self.counters.get(key, 0) + value
+
+    def add_metric(self, name, value, unit, idx=None, dimensions=(), metric_type=None):
+        self.observed.append((name, value, unit, getattr(metric_type, "value", metric_type)))
 
 
 class FakeContext:
@@ -233,6 +237,25 @@ def test_texts_are_split_into_bounded_forward_passes(tiny_ckpt, predictor):
         assert_same_answer(got, expected)
     assert context.metrics.counters[("textclf_forward_passes_total", ())] == 3
     assert context.metrics.counters[("textclf_texts_total", ())] == 5
+
+
+def test_histograms_time_each_proxied_request_and_each_batchs_tokenization_and_forward_pass(tiny_ckpt):
+    """Seconds, as Prometheus histograms: a request from the time the proxy took it (its X-Request-Start, nginx's
+    $msec) to its answer, errors included; a request that did not come through the proxy is not timed."""
+    handler, context = start(tiny_ckpt, max_batch_texts=2)
+    took = time.time() - 0.25
+    handle(handler, context, [({"body": b"rain"}, PLAIN | {"X-Request-Start": f"t={took:.3f}"}),
+                              ({"body": b""}, PLAIN | {"x-request-start": f"t={took:.3f}"}),
+                              ({"body": b"play jazz"}, PLAIN),
+                              ({"body": b"snow"}, PLAIN | {"X-Request-Start": "t=garbage"})])
+    observed = {}
+    for name, value, unit, kind in context.metrics.observed:
+        assert unit == "seconds" and kind == "histogram", name
+        observed.setdefault(name, []).append(value)
+    assert len(observed["textclf_request_duration_seconds"]) == 2
+    assert all(0.25 <= v < 5 for v in observed["textclf_request_duration_seconds"])
+    assert len(observed["textclf_tokenize_seconds"]) == len(observed["textclf_forward_seconds"]) == 1
+    assert 0 < observed["textclf_forward_seconds"][0] < 5
 
 
 def test_a_large_request_may_borrow_idle_cores_and_gives_them_back(tiny_ckpt, predictor):

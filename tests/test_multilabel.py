@@ -2,12 +2,11 @@
 MixSNIPS joins Snips utterances): training with sigmoid + binary cross-entropy and per-label thresholds, the
 scores, every exported variant giving the label sets of fp32, and every request form of the handler."""
 import json
-import random
 
 import numpy as np
 import pytest
 
-from conftest import KEYWORDS, run_failing_cli, toy_sentence, train_args
+from conftest import KEYWORDS, run_failing_cli, train_args
 from test_handler import JSON, PLAIN, handle, start
 from test_protocol import as_sent, infer_body, result, send
 from textclf.config import ModelConfig
@@ -16,39 +15,6 @@ from textclf.predict import Predictor
 LABELS = sorted(KEYWORDS)
 TEXTS = ["rain and snow in the forecast and play jazz on the guitar", "bake a pizza with cheese",
          "sunny windy forecast, a guitar song by the band and a pasta recipe for dinner", "tell me"]
-
-
-def multi_lines(split, n):
-    rng = random.Random(f"multi-{split}")
-    lines = []
-    for i in range(n):
-        chosen = sorted(rng.sample(LABELS, rng.choice([1, 2, 3])))
-        parts = [toy_sentence(rng, label, i if split == "train" else None) for label in chosen]
-        rng.shuffle(parts)
-        lines.append(f"{' and '.join(parts)}\t{','.join(chosen)}")
-    return lines
-
-
-@pytest.fixture(scope="module")
-def multi_data(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("multi-data")
-    for split, n in (("train", 90), ("valid", 30), ("test", 30)):
-        (folder / f"{split}.txt").write_text("\n".join(multi_lines(split, n)) + "\n", encoding="utf-8")
-    return folder
-
-
-@pytest.fixture(scope="module")
-def multi_run(tmp_path_factory, multi_data, tiny_bert_dir):
-    from train.__main__ import main
-    out = tmp_path_factory.mktemp("runs") / "toy-multi"
-    rc = main(train_args(multi_data, out, tiny_bert_dir, epochs=12, extra=["--multi-label", "--pos-weight", "auto"]))
-    assert rc == 0
-    return out
-
-
-@pytest.fixture(scope="module")
-def multi_ckpt(multi_run):
-    return multi_run / "checkpoint-best"
 
 
 def test_training_chooses_on_micro_f1_and_tunes_a_threshold_per_label(multi_run, multi_ckpt):

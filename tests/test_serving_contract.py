@@ -236,24 +236,62 @@ def scrape(server):
     return values
 
 
+def histograms(server):
+    """{histogram name: {"buckets": {le: cumulative count}, "count": n, "sum": s}} of the textclf_* histograms,
+    summed over the other labels, as prometheus_client's parser reads them."""
+    from prometheus_client.parser import text_string_to_metric_families
+    found = {}
+    for family in text_string_to_metric_families(requests.get(server.metrics + "/metrics", timeout=10).text):
+        if family.type != "histogram" or not family.name.startswith("textclf_"):
+            continue
+        h = found.setdefault(family.name, {"buckets": {}, "count": 0, "sum": 0.0})
+        for sample in family.samples:
+            if sample.name.endswith("_bucket"):
+                le = float(sample.labels["le"])
+                h["buckets"][le] = h["buckets"].get(le, 0) + sample.value
+            elif sample.name.endswith("_count"):
+                h["count"] += sample.value
+            elif sample.name.endswith("_sum"):
+                h["sum"] += sample.value
+    return found
+
+
 def test_metrics_move_by_exactly_the_traffic_sent(server):
-    before = scrape(server)
-    sent = [post(server, f"/predictions/{MODEL}", data=s.encode(), content_type="text/plain") for s in SENTENCES[:3]]
-    sent.append(post(server, f"/predictions/{MODEL}", {"texts": SENTENCES[3:7]}))
-    sent += [post(server, f"/predictions/{MODEL}", {"text": ""}), post(server, f"/predictions/{MODEL}", {"txt": 1})]
+    before, hist_before = scrape(server), histograms(server)
+    # X-Request-Start is what the proxy adds (nginx's $msec); requests without it (the 415) are not timed
+    proxied = {"X-Request-Start": f"t={time.time():.3f}"}
+    sent = [post(server, f"/predictions/{MODEL}", data=s.encode(), content_type="text/plain",
+                 headers={"X-Request-Start": f"t={time.time():.3f}"}) for s in SENTENCES[:3]]
+    sent.append(post(server, f"/predictions/{MODEL}", {"texts": SENTENCES[3:7]}, headers=proxied))
+    sent += [post(server, f"/predictions/{MODEL}", {"text": ""}, headers=proxied),
+             post(server, f"/predictions/{MODEL}", {"txt": 1}, headers=proxied)]
     sent.append(post(server, f"/predictions/{MODEL}", data=b"x", content_type="image/png"))
     assert [r.status_code for r in sent] == [200] * 4 + [400, 400, 415]
     expected = {("textclf_requests_total", "answered", "200"): 4, ("textclf_requests_total", "4xx", "400"): 2,
                 ("textclf_requests_total", "4xx", "415"): 1, ("textclf_texts_total", None, None): 7,
-                ("ts_inference_requests_total", None, None): 7}
+                ("ts_inference_requests_total", None, None): 7, ("textclf_request_duration_seconds", None, None): 6}
     deadline, moved = time.monotonic() + 20, {}
     while time.monotonic() < deadline:   # the frontend reads the workers' metric lines asynchronously
-        after = scrape(server)
-        moved = {k: after.get(k, 0) - before.get(k, 0) for k in expected}
+        after, hist_after = scrape(server), histograms(server)
+        moved = {k: after.get(k, 0) - before.get(k, 0) for k in expected if k[0] != "textclf_request_duration_seconds"}
+        moved[("textclf_request_duration_seconds", None, None)] = (
+            hist_after.get("textclf_request_duration_seconds", {}).get("count", 0)
+            - hist_before.get("textclf_request_duration_seconds", {}).get("count", 0))
         if moved == expected:
             break
         time.sleep(0.5)
     assert moved == expected
+    batches = after[("textclf_batches_total", None, None)] - before.get(("textclf_batches_total", None, None), 0)
+    forward_batches = (hist_after["textclf_forward_seconds"]["count"]
+                       - hist_before.get("textclf_forward_seconds", {}).get("count", 0))
+    assert 1 <= forward_batches <= batches      # every batch that ran the model, once
+    for name, h in hist_after.items():
+        les = sorted(h["buckets"])
+        assert les[-1] == float("inf") and h["buckets"][les[-1]] == h["count"], name
+        assert all(h["buckets"][a] <= h["buckets"][b] for a, b in zip(les, les[1:])), name   # cumulative
+        assert les[0] <= 0.005 and 10 in les, (name, les)                                     # 5 ms .. 10 s
+    assert hist_after["textclf_request_duration_seconds"]["sum"] > hist_before.get(
+        "textclf_request_duration_seconds", {}).get("sum", 0)
     for name in ("textclf_tokens_total", "textclf_batches_total", "textclf_forward_passes_total",
                  "textclf_tokenize_milliseconds_total", "textclf_forward_milliseconds_total"):
         assert after[(name, None, None)] > before.get((name, None, None), 0), name
