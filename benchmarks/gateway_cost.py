@@ -134,7 +134,7 @@ def main(argv=None):
     m = machine()
     nginx_version = subprocess.run([find_nginx(), "-v"], capture_output=True, text=True).stderr.strip()
     result = {"command": command, "machine": m, "commit": git_commit(), "requests": args.requests,
-              "nginx": nginx_version, "direct": direct,
+              "nginx_version": nginx_version, "direct": direct,
               **{name: {"cpu_ms_per_request": cpu, "latency": latency} for name, (cpu, latency) in rows.items()}}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
