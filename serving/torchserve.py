@@ -20,10 +20,12 @@ the ports of config.properties.
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -31,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = ROOT / ".venv" / "bin"
 HTTP_TIMEOUT = 60          # above the 30 s response timeout, so TorchServe's own 5xx arrive first
 WORKER_MARK = "model_service_worker"
+MAX_TMP_CHARS = 80      # TMPDIR + "/.ts.sock.9000" must stay within a Unix socket path's 107 bytes
 FRONTEND_MARK = "org.pytorch.serve.ModelServer"   # the Java frontend's main class, as torchserve --stop checks it
 PID_FILE = ".model_server.pid"
 ADDRESSES = ("inference_address", "management_address", "metrics_address")
@@ -215,6 +218,10 @@ class TorchServe:
                  base_config=ROOT / "config.properties", free_ports=True):
         self.work = Path(work)
         self.tmp = Path(tmp) if tmp else self.work / "tmp"
+        self._own_tmp = None
+        if len(str(self.tmp.resolve())) > MAX_TMP_CHARS:
+            # the worker sockets live in TMPDIR, and a Unix socket's path has at most 107 bytes
+            self.tmp = self._own_tmp = Path(tempfile.mkdtemp(prefix="ts-", dir="/tmp"))
         self.cwd = Path(cwd) if cwd else self.work / "cwd"
         self.model_store, self.models = Path(model_store), dict(models)
         self.config_overrides, self.extra_env = dict(config_overrides or {}), dict(env or {})
@@ -270,6 +277,8 @@ class TorchServe:
         if self.launcher is not None:
             launcher, self.launcher = self.launcher, None
             stop_torchserve(launcher, self.env(), self.cwd)
+        if self._own_tmp is not None:
+            shutil.rmtree(self._own_tmp, ignore_errors=True)
 
     def __enter__(self):
         return self.start()
