@@ -10,9 +10,9 @@
 #   WORK_DIR          writable: the effective config, logs/, tmp/, proxy/ /home/model-server/work
 #   PROXY_LISTEN      what the cluster reaches: nginx, keys checked       0.0.0.0:8080
 #   PROXY_HEAD_S PROXY_BODY_S PROXY_IDLE_S  the proxy's deadlines (s)     10 10 5
-#   METRICS_ADDRESS   TorchServe's Prometheus port (answers without key)  http://0.0.0.0:8082
-#   TS_INFERENCE_PORT TS_MANAGEMENT_PORT TS_GRPC_INFERENCE_PORT TS_GRPC_MANAGEMENT_PORT (127.0.0.1 only)
-#                                                                         8085 8081 7070 7071
+#   METRICS_LISTEN    Prometheus: GET /metrics through nginx (no key)   0.0.0.0:8082
+#   TS_INFERENCE_PORT TS_MANAGEMENT_PORT TS_METRICS_PORT TS_GRPC_INFERENCE_PORT TS_GRPC_MANAGEMENT_PORT
+#                     (127.0.0.1 only)                                    8085 8081 8083 7070 7071
 # Exit status: 0 after SIGTERM/SIGINT stopped both; 1 when either ended by itself (the other is stopped
 # too, so the kubelet restarts the container); 2 when the settings are unusable (nothing started).
 set -euo pipefail
@@ -25,9 +25,10 @@ PROXY_LISTEN="${PROXY_LISTEN:-0.0.0.0:8080}"
 PROXY_HEAD_S="${PROXY_HEAD_S:-10}"
 PROXY_BODY_S="${PROXY_BODY_S:-10}"
 PROXY_IDLE_S="${PROXY_IDLE_S:-5}"
-METRICS_ADDRESS="${METRICS_ADDRESS:-http://0.0.0.0:8082}"
+METRICS_LISTEN="${METRICS_LISTEN:-0.0.0.0:8082}"
 TS_INFERENCE_PORT="${TS_INFERENCE_PORT:-8085}"
 TS_MANAGEMENT_PORT="${TS_MANAGEMENT_PORT:-8081}"
+TS_METRICS_PORT="${TS_METRICS_PORT:-8083}"
 TS_GRPC_INFERENCE_PORT="${TS_GRPC_INFERENCE_PORT:-7070}"
 TS_GRPC_MANAGEMENT_PORT="${TS_GRPC_MANAGEMENT_PORT:-7071}"
 PYTHON="${PYTHON:-python}"
@@ -65,7 +66,7 @@ EOF
 fi
 
 # ---- the effective config: the base, then what the container needs. Later lines win in a .properties file,
-# so these cannot be undone by the base: only the proxy and the metrics port face the cluster.
+# so these cannot be undone by the base: TorchServe's ports all stay on loopback; nginx alone faces the cluster.
 CONFIG="$WORK_DIR/config.properties"
 {
   cat "$CONFIG_DIR/config.properties"
@@ -73,7 +74,7 @@ CONFIG="$WORK_DIR/config.properties"
   echo "# ---- appended by deploy/entrypoint.sh"
   echo "inference_address=http://127.0.0.1:$TS_INFERENCE_PORT"
   echo "management_address=http://127.0.0.1:$TS_MANAGEMENT_PORT"
-  echo "metrics_address=$METRICS_ADDRESS"
+  echo "metrics_address=http://127.0.0.1:$TS_METRICS_PORT"
   echo "grpc_inference_address=127.0.0.1"
   echo "grpc_management_address=127.0.0.1"
   echo "grpc_inference_port=$TS_GRPC_INFERENCE_PORT"
@@ -125,7 +126,8 @@ trap on_signal TERM INT
 
 "$PYTHON" "$ROOT/serving/proxy.py" --listen "$PROXY_LISTEN" --upstream "127.0.0.1:$TS_INFERENCE_PORT" \
   --keys "$KEYS_FILE" --work "$WORK_DIR/proxy" --max-body "${MAX_BODY:-6553500}" \
-  --head-s "$PROXY_HEAD_S" --body-s "$PROXY_BODY_S" --idle-s "$PROXY_IDLE_S" &
+  --head-s "$PROXY_HEAD_S" --body-s "$PROXY_BODY_S" --idle-s "$PROXY_IDLE_S" \
+  --metrics-listen "$METRICS_LISTEN" --metrics-upstream "127.0.0.1:$TS_METRICS_PORT" &
 PROXY_PID=$!
 torchserve --start --foreground --ncs --ts-config "$CONFIG" --model-store "$MODEL_STORE" --models all &
 TS_PID=$!

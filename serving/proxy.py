@@ -31,6 +31,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "deploy" / "nginx" / "textclf.conf.in"
+METRICS_TEMPLATE = ROOT / "deploy" / "nginx" / "metrics.conf.in"
 VERSION = "0.13.0"
 KEY = re.compile(r"[A-Za-z0-9_-]{32,256}")
 LIMITS = {"HEAD_S": 10, "BODY_S": 10, "IDLE_S": 5, "MAX_CONNECTIONS": 512}
@@ -81,8 +82,22 @@ def find_nginx():
                      ".tools/nginx), or set NGINX=/path/to/nginx")
 
 
-def render(work, listen, upstream, max_body, limits=None, template=TEMPLATE):
-    """Write WORK/nginx.conf and WORK/key-check.conf; return the nginx.conf path."""
+def fill(template, fields):
+    """The template's text with every @NAME@ replaced by fields[NAME]; refuses values nginx would misread."""
+    text = Path(template).read_text(encoding="utf-8")
+    for name, value in fields.items():
+        if re.search(r"[\s;{}'\"]", value) and name != "USER":
+            raise ProxyError(f"{name.lower()} {value!r} cannot go into nginx.conf")
+        text = text.replace(f"@{name}@", value)
+    left = sorted(set(re.findall(r"@[A-Z_]+@", text)))
+    if left:
+        raise ProxyError(f"{template}: no value for {', '.join(left)}")
+    return text
+
+
+def render(work, listen, upstream, max_body, limits=None, metrics=None, template=TEMPLATE):
+    """Write WORK/nginx.conf, WORK/key-check.conf and WORK/metrics.conf (the metrics port's server when
+    metrics = (listen, upstream), else empty); return the nginx.conf path."""
     work = Path(work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     keys_dir = work / "keys"
@@ -95,14 +110,10 @@ def render(work, listen, upstream, max_body, limits=None, template=TEMPLATE):
         "USER": "user root;" if os.geteuid() == 0 else "",
         **{name: str(value) for name, value in values.items()},
     }
-    text = template.read_text(encoding="utf-8")
-    for name, value in fields.items():
-        if re.search(r"[\s;{}'\"]", value) and name not in ("USER",):
-            raise ProxyError(f"{name.lower()} {value!r} cannot go into nginx.conf")
-        text = text.replace(f"@{name}@", value)
-    left = sorted(set(re.findall(r"@[A-Z_]+@", text)))
-    if left:
-        raise ProxyError(f"{template}: no value for {', '.join(left)}")
+    text = fill(template, fields)
+    (work / "metrics.conf").write_text(
+        fill(METRICS_TEMPLATE, {"METRICS_LISTEN": metrics[0], "METRICS_UPSTREAM": metrics[1]}) if metrics
+        else "# no metrics port (serving/proxy.py --metrics-listen)\n", encoding="utf-8")
     (work / "key-check.conf").write_text(
         "# Written by serving/proxy.py: no key, or one that is not a file of the keys folder, is refused.\n"
         'if ($textclf_key = "") { return 401; }\n'
@@ -158,6 +169,8 @@ def parse_args(argv):
     p.add_argument("--keys", required=True, help="the clients' keys, one a line")
     p.add_argument("--work", required=True, help="a writable folder of the proxy's own (config, keys, temp)")
     p.add_argument("--max-body", type=int, default=6553500, help="bytes; TorchServe's max_request_size")
+    p.add_argument("--metrics-listen", help="address:port for GET /metrics (default: no metrics port)")
+    p.add_argument("--metrics-upstream", default="127.0.0.1:8083", help="TorchServe's metrics address:port")
     p.add_argument("--recheck-s", type=float, default=1.0, help="how often the keys file is looked at")
     for name, value in LIMITS.items():
         p.add_argument(f"--{name.lower().replace('_', '-')}", type=int, default=value)
@@ -186,7 +199,8 @@ def main(argv=None):
     try:
         nginx = find_nginx()
         work = Path(args.work).resolve()
-        render(work, args.listen, args.upstream, args.max_body, limits)
+        metrics = (args.metrics_listen, args.metrics_upstream) if args.metrics_listen else None
+        render(work, args.listen, args.upstream, args.max_body, limits, metrics)
         watch = KeyWatch(args.keys, work / "keys")
         watch.poll(force=True)
         check_config(nginx, work)
@@ -203,7 +217,8 @@ def main(argv=None):
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    log.info("nginx (pid %d) on %s in front of %s", process.pid, args.listen, args.upstream)
+    log.info("nginx (pid %d) on %s in front of %s%s", process.pid, args.listen, args.upstream,
+             f", metrics on {args.metrics_listen} from {args.metrics_upstream}" if args.metrics_listen else "")
     while process.poll() is None:
         if not stopping:
             try:

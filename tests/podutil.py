@@ -37,17 +37,18 @@ class Pod:
         self.keys = base / "keys" / "api-keys"
         self.keys.parent.mkdir(parents=True, exist_ok=True)
         self.keys.write_text(f"{KEY}\n")
-        proxy, inference, management, metrics, grpc_i, grpc_m = free_ports(6)
+        proxy, inference, management, metrics, ts_metrics, grpc_i, grpc_m = free_ports(7)
         self.url = f"http://127.0.0.1:{proxy}"
         self.metrics = f"http://127.0.0.1:{metrics}"
         self.ports = {"proxy": proxy, "inference": inference, "management": management, "metrics": metrics,
+                      "ts_metrics": ts_metrics,
                       "grpc_inference": grpc_i, "grpc_management": grpc_m}
         env = server_env(base / "tmp")
         env["PATH"] = os.pathsep.join([os.path.dirname(SERVE_PYTHON), env["PATH"]])
         self.env = env | {
             "MODEL_STORE": str(store), "CONFIG_DIR": str(config_dir), "KEYS_FILE": str(self.keys),
             "WORK_DIR": str(self.work), "PROXY_LISTEN": f"127.0.0.1:{proxy}",
-            "METRICS_ADDRESS": f"http://127.0.0.1:{metrics}", "TS_INFERENCE_PORT": str(inference),
+            "METRICS_LISTEN": f"127.0.0.1:{metrics}", "TS_METRICS_PORT": str(ts_metrics), "TS_INFERENCE_PORT": str(inference),
             "TS_MANAGEMENT_PORT": str(management), "TS_GRPC_INFERENCE_PORT": str(grpc_i),
             "TS_GRPC_MANAGEMENT_PORT": str(grpc_m), "PYTHON": SERVE_PYTHON, "OMP_NUM_THREADS": "1",
             **(env_extra or {})}

@@ -45,6 +45,7 @@ def test_only_the_proxy_and_metrics_face_out_and_torchserve_keeps_its_ports_on_l
     ports = pod.ports
     assert config["inference_address"] == f"http://127.0.0.1:{ports['inference']}"
     assert config["management_address"] == f"http://127.0.0.1:{ports['management']}"
+    assert config["metrics_address"] == f"http://127.0.0.1:{ports['ts_metrics']}"
     assert config["grpc_inference_address"] == config["grpc_management_address"] == "127.0.0.1"
     assert config["disable_token_authorization"] == "true" and config["enable_model_api"] == "false"
     assert config["allowed_urls"] == "(?!)"

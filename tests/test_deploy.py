@@ -311,7 +311,7 @@ def test_the_deployment_agrees_with_the_image_and_the_entrypoint():
     assert set(ports.values()) == OUTWARD_PORTS and not set(ports.values()) & LOOPBACK_PORTS
     listen = entrypoint_defaults()["PROXY_LISTEN"]
     assert listen == f"0.0.0.0:{ports['http']}"
-    assert entrypoint_defaults()["METRICS_ADDRESS"].endswith(f":{ports['metrics']}")
+    assert entrypoint_defaults()["METRICS_LISTEN"] == f"0.0.0.0:{ports['metrics']}"
     for probe, path in (("startupProbe", "/ping"), ("readinessProbe", "/ping"), ("livenessProbe", "/live")):
         assert container[probe]["httpGet"] == {"path": path, "port": "http"}, probe
         assert path in open_paths(), f"{probe} {path} would need a key the kubelet does not send"

@@ -178,6 +178,20 @@ def test_nothing_but_the_inference_paths_is_passed_on_even_with_the_key(pod, met
     assert r.json()["error_type"] == "not_found"
 
 
+def test_the_metrics_port_is_nginx_too_and_serves_get_metrics_only(pod):
+    """TorchServe's metrics port stays on loopback; the port Prometheus scrapes is nginx's, GET /metrics only."""
+    from prometheus_client.parser import text_string_to_metric_families
+    r = requests.get(pod.metrics + "/metrics", timeout=10)
+    assert r.status_code == 200 and r.headers["Content-Type"].startswith("text/plain")
+    samples = {s.name for f in text_string_to_metric_families(r.text) for s in f.samples}
+    assert "ts_inference_requests_total" in samples
+    assert r.headers["Server"] == "nginx"
+    r = requests.post(pod.metrics + "/metrics", data=b"x", timeout=10)
+    assert r.status_code in (405, 413), r.text
+    for path in ("/models", "/ping", "/predictions/toy", "/metrics/../models"):
+        assert requests.get(pod.metrics + path, timeout=10).status_code == 404, path
+
+
 # ---- the limits
 
 def test_a_body_over_the_limit_is_refused_before_it_is_read(pod):
