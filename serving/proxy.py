@@ -34,7 +34,7 @@ TEMPLATE = ROOT / "deploy" / "nginx" / "textclf.conf.in"
 METRICS_TEMPLATE = ROOT / "deploy" / "nginx" / "metrics.conf.in"
 VERSION = "0.13.0"
 KEY = re.compile(r"[A-Za-z0-9_-]{32,256}")
-LIMITS = {"HEAD_S": 10, "BODY_S": 10, "IDLE_S": 5, "MAX_CONNECTIONS": 512}
+LIMITS = {"HEAD_S": 10, "BODY_S": 10, "IDLE_S": 5, "MAX_INFLIGHT": 512}
 log = logging.getLogger("proxy")
 
 

@@ -1,6 +1,7 @@
 """The proxy's guarantees, each checked against the real nginx binary on loopback: in front of a real TorchServe
 (deploy/entrypoint.sh, as the pod runs it, with deadlines shortened to keep the test quick), and, for what only an
 upstream can see (the headers it is sent, a request under way at SIGTERM), in front of a stand-in upstream."""
+import contextlib
 import http.client
 import json
 import os
@@ -311,6 +312,12 @@ class Echo(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def echo_proxy(tmp_path):
+    with echo_proxy_running(tmp_path) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def echo_proxy_running(tmp_path, *extra):
     upstream = ThreadingHTTPServer(("127.0.0.1", 0), Echo)
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
     (tmp_path / "keys").write_text(f"{KEY}\n")
@@ -318,7 +325,7 @@ def echo_proxy(tmp_path):
     process = subprocess.Popen(
         [sys.executable, str(ROOT / "serving" / "proxy.py"), "--listen", f"127.0.0.1:{listen}",
          "--upstream", f"127.0.0.1:{upstream.server_address[1]}", "--keys", str(tmp_path / "keys"),
-         "--work", str(tmp_path / "work"), "--max-body", "1000"], start_new_session=True)
+         "--work", str(tmp_path / "work"), "--max-body", "1000", *extra], start_new_session=True)
     url = f"http://127.0.0.1:{listen}"
     try:
         for _ in range(50):
@@ -337,6 +344,26 @@ def echo_proxy(tmp_path):
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
         upstream.shutdown()
+
+
+def test_requests_past_the_in_flight_limit_get_503_and_the_others_are_answered(tmp_path):
+    """--max-inflight 2 and three slow requests at once: two answered, one refused at once with 503 in JSON."""
+    with echo_proxy_running(tmp_path, "--max-inflight", "2") as (url, _):
+        results = []
+
+        def slow():
+            r = requests.post(url + "/predictions/slow", data=b"x", timeout=30,
+                              headers={"Authorization": f"Bearer {KEY}", "Content-Type": "text/plain"})
+            results.append((r.status_code, r.json()))
+        threads = [threading.Thread(target=slow) for _ in range(3)]
+        for t in threads:
+            t.start()
+            time.sleep(0.2)
+        for t in threads:
+            t.join(timeout=30)
+        assert sorted(status for status, _ in results) == [200, 200, 503], results
+        assert next(body for status, body in results if status == 503)["error_type"] == "overloaded"
+        assert requests.get(url + "/live", timeout=5).status_code == 200       # the probes are not counted
 
 
 def test_the_upstream_gets_no_key_no_hop_by_hop_headers_and_a_content_length(echo_proxy):
