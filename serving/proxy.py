@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE = ROOT / "deploy" / "nginx" / "textclf.conf.in"
 METRICS_TEMPLATE = ROOT / "deploy" / "nginx" / "metrics.conf.in"
 VERSION = "0.13.0"
-KEY = re.compile(r"[A-Za-z0-9_-]{32,256}")
+KEY = re.compile(r"[A-Za-z0-9_-]{32,128}")   # a file name each: well under the 255-byte limit
 LIMITS = {"HEAD_S": 10, "BODY_S": 10, "IDLE_S": 5, "MAX_INFLIGHT": 512}
 log = logging.getLogger("proxy")
 
@@ -56,7 +56,7 @@ def read_keys(path):
         if KEY.fullmatch(line):
             keys.add(line)
         else:
-            warnings.append(f"{path}:{number}: not a key (32-256 characters of A-Z a-z 0-9 _ -); line ignored")
+            warnings.append(f"{path}:{number}: not a key (32-128 characters of A-Z a-z 0-9 _ -); line ignored")
     return keys, warnings
 
 
@@ -73,13 +73,13 @@ def sync_keys(keys, keys_dir):
 
 
 def find_nginx():
-    """$NGINX, else nginx on PATH or in /usr/sbin, else the copy setup.sh unpacks into .tools/."""
-    for candidate in (os.environ.get("NGINX"), shutil.which("nginx"), "/usr/sbin/nginx",
+    """$TEXTCLF_NGINX, else nginx on PATH or in /usr/sbin, else the copy setup.sh unpacks into .tools/."""
+    for candidate in (os.environ.get("TEXTCLF_NGINX"), shutil.which("nginx"), "/usr/sbin/nginx",
                       str(ROOT / ".tools" / "nginx" / "usr" / "sbin" / "nginx")):
         if candidate and os.access(candidate, os.X_OK):
             return candidate
     raise ProxyError("nginx not found: install Debian's nginx package, run ./setup.sh (it unpacks one into "
-                     ".tools/nginx), or set NGINX=/path/to/nginx")
+                     ".tools/nginx), or set TEXTCLF_NGINX=/path/to/nginx")
 
 
 def fill(template, fields):
@@ -112,10 +112,16 @@ def render(work, listen, upstream, max_body, limits=None, metrics=None, template
     }
     text = fill(template, fields)
     (work / "metrics.conf").write_text(
-        fill(METRICS_TEMPLATE, {"METRICS_LISTEN": metrics[0], "METRICS_UPSTREAM": metrics[1]}) if metrics
+        fill(METRICS_TEMPLATE, {"METRICS_LISTEN": metrics[0], "METRICS_UPSTREAM": metrics[1], "WORK": str(work)})
+        if metrics
         else "# no metrics port (serving/proxy.py --metrics-listen)\n", encoding="utf-8")
+    (work / "canonical.conf").write_text(
+        "# Written by serving/proxy.py: a path with percent-encoding, a dot segment or an empty segment is refused.\n"
+        'if ($request_uri ~ "^[^?]*(%|/\\.|//)") { return 400; }\n', encoding="utf-8")
     (work / "key-check.conf").write_text(
-        "# Written by serving/proxy.py: no key, or one that is not a file of the keys folder, is refused.\n"
+        "# Written by serving/proxy.py: a path that is not canonical, no key, or a key that is not a file of the\n"
+        "# keys folder is refused.\n"
+        f"include {work}/canonical.conf;\n"
         'if ($textclf_key = "") { return 401; }\n'
         f"if (!-f {keys_dir}/$textclf_key) {{ return 401; }}\n", encoding="utf-8")
     conf = work / "nginx.conf"
@@ -148,16 +154,24 @@ class KeyWatch:
             return None
 
     def poll(self, force=False):
+        """Mirror the file's keys when it changed. The stamp is kept only once the keys folder holds them, so a
+        failure is tried again at the next poll; a file rewritten while it was read is read again. Errors name
+        the errno, never a path (a key file's name is the key)."""
         stamp = self._stamp()
         if stamp == self.stamp and not force:
             return False
-        self.stamp = stamp
         keys, warnings = read_keys(self.path)
+        if self._stamp() != stamp:
+            return False                    # changed under us: read it whole at the next poll
         for warning in warnings:
             log.warning(warning)
         if not keys:
             log.warning("%s holds no usable key: every request but the probes is refused", self.path)
-        sync_keys(keys, self.keys_dir)
+        try:
+            sync_keys(keys, self.keys_dir)
+        except OSError as e:
+            raise ProxyError(f"the keys folder could not be updated ({e.strerror or type(e).__name__})") from None
+        self.stamp = stamp
         log.info("%d key(s) in use from %s", len(keys), self.path)
         return True
 
@@ -186,7 +200,7 @@ def main(argv=None):
         for warning in warnings:
             log.warning(warning)
         if not keys:
-            print(f"proxy: {args.keys} holds no usable key (one a line, 32-256 characters of A-Z a-z 0-9 _ -; "
+            print(f"proxy: {args.keys} holds no usable key (one a line, 32-128 characters of A-Z a-z 0-9 _ -; "
                   "`openssl rand -hex 32` makes one)", file=sys.stderr)
             return 2
         try:
@@ -207,24 +221,34 @@ def main(argv=None):
     except (ProxyError, OSError) as e:
         print(f"proxy: {e}", file=sys.stderr)
         return 2
-    process = subprocess.Popen(nginx_command(nginx, work))
-    stopping = []
+    stopping, started = [], []
 
     def on_signal(signum, frame):
         if not stopping:
             stopping.append(signum)
-            process.send_signal(signal.SIGQUIT)      # graceful: finish what is under way, then exit
+            if started:
+                started[0].send_signal(signal.SIGQUIT)      # graceful: finish what is under way, then exit
 
+    # Handlers first, signals held while nginx starts: a SIGTERM then is acted on once nginx exists.
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    try:
+        # NGINX in the environment is nginx's own variable (inherited sockets): never passed on
+        env = {k: v for k, v in os.environ.items() if k != "NGINX"}
+        process = subprocess.Popen(nginx_command(nginx, work), env=env)
+        started.append(process)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
     log.info("nginx (pid %d) on %s in front of %s%s", process.pid, args.listen, args.upstream,
              f", metrics on {args.metrics_listen} from {args.metrics_upstream}" if args.metrics_listen else "")
     while process.poll() is None:
         if not stopping:
             try:
                 watch.poll()
-            except OSError as e:
-                log.warning("keys not updated: %s", e)
+            except (OSError, ProxyError) as e:
+                log.warning("keys not updated, tried again in %s s: %s", args.recheck_s,
+                            e if isinstance(e, ProxyError) else (e.strerror or type(e).__name__))
         try:
             process.wait(timeout=args.recheck_s)
         except subprocess.TimeoutExpired:

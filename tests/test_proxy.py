@@ -157,7 +157,55 @@ def test_a_file_without_a_usable_key_fails_closed(tmp_path):
     assert done.returncode == 2 and "holds no usable key" in done.stderr
 
 
+def test_keys_are_32_to_128_characters(tmp_path):
+    """Each key is a file name in the keys folder: 128 characters at most, well under the 255-byte limit."""
+    longest, too_long = "a" * 128, "b" * 129
+    (tmp_path / "keys").write_text(f"{longest}\n{too_long}\n{'c' * 31}\n")
+    keys, warnings = read_keys(tmp_path / "keys")
+    assert keys == {longest} and len(warnings) == 2
+
+
 # ---- the paths
+
+def raw_request(port, request):
+    with connect(port) as s:
+        s.sendall(request)
+        return status_and_json(read_all(s))
+
+
+@pytest.mark.parametrize("path", [
+    f"/predictions/{NAME}/1.0/../../../ping", f"/predictions/{NAME}/1.0/..%2F..%2F..%2Fping",
+    f"/explanations/{NAME}/1.0/../../../ping", f"/api-description/..%2Fpredictions/{NAME}",
+    f"/predictions/{NAME}%2F1.0", f"//predictions/{NAME}", f"/predictions/./{NAME}"])
+def test_paths_that_are_not_canonical_are_refused_before_anything_else(pod, path):
+    """nginx picks a location from the cleaned-up path but would pass the client's own on; TorchServe decodes
+    %2F and does not resolve "..": such a path could match /ping here and run the model there, without a key."""
+    before = requests.get(pod.metrics + "/metrics", timeout=10).text.count("\n")
+    for key in ((), (f"Authorization: Bearer {KEY}",)):
+        status, body = raw_request(port_of(pod.url), "\r\n".join([
+            f"GET {path} HTTP/1.1", "Host: x", "Content-Type: text/plain", "Content-Length: 13", *key,
+            "Connection: close", "", "rain tomorrow"]).encode())
+        # 400, or 413 where the cleaned-up path is a probe's, which takes no body: never the model
+        assert (status, body["error_type"]) in ((400, "bad_request"), (413, "too_large")), (path, status, body)
+        status, body = raw_request(port_of(pod.url), f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        assert status == 400 and body["error_type"] == "bad_request", (path, status, body)
+    assert requests.get(pod.metrics + "/metrics?a=%2e", timeout=10).status_code == 200   # a query may be escaped
+    after = requests.get(pod.metrics + "/metrics", timeout=10).text
+    assert before > 0 and "ts_inference_requests_total" in after
+
+
+def test_the_open_paths_take_no_body_and_speak_http_1_only(pod):
+    for path in ("/ping", "/live", "/v2/health/ready", "/v2/health/live"):
+        status, body = raw_request(port_of(pod.url), (
+            f"GET {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000\r\nConnection: close\r\n\r\n").encode())
+        assert status == 413 and body["error_type"] == "too_large", (path, status)
+    for port in (port_of(pod.url), port_of(pod.metrics)):
+        status, body = raw_request(port, b"GET /ping HTTP/2.0\r\nHost: x\r\nConnection: close\r\n\r\n")
+        assert status == 505 and body["status"] == 505
+    status, body = raw_request(port_of(pod.metrics), (
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nContent-Length: 5000000000\r\nConnection: close\r\n\r\n").encode())
+    assert status == 413 and body["error_type"] == "too_large"
+
 
 def test_the_probes_are_open_and_get_only(pod):
     for path in ("/ping", "/v2/health/ready"):
@@ -165,8 +213,9 @@ def test_the_probes_are_open_and_get_only(pod):
         assert r.status_code == 200 and r.json() == {"status": "Healthy"}, (path, r.text)
     for path in ("/live", "/v2/health/live"):
         assert requests.get(pod.url + path, timeout=10).status_code == 200
-    r = requests.post(pod.url + "/ping", timeout=10)
-    assert r.status_code == 405 and r.json()["error_type"] == "method_not_allowed"
+    for path in ("/ping", "/live", "/v2/health/ready", "/v2/health/live"):
+        r = requests.post(pod.url + path, timeout=10)
+        assert r.status_code == 405 and r.json()["error_type"] == "method_not_allowed", (path, r.text)
 
 
 @pytest.mark.parametrize("method, path", [
