@@ -176,6 +176,32 @@ class KeyWatch:
         return True
 
 
+def become_subreaper():
+    """Orphaned descendants come to this process instead of init (Linux prctl PR_SET_CHILD_SUBREAPER): an nginx
+    master that dies leaves its worker running, still holding the port, unless someone ends it."""
+    try:
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def end_children():
+    """SIGKILL every child left (nginx's orphaned workers, through become_subreaper) and reap them."""
+    me = str(os.getpid())
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and (proc / "stat").read_text().rsplit(")", 1)[1].split()[1] == me:
+                os.kill(int(proc.name), signal.SIGKILL)
+        except (OSError, IndexError):
+            pass
+    while True:
+        try:
+            os.waitpid(-1, 0)           # each was sent SIGKILL: this returns at once
+        except ChildProcessError:
+            return
+
+
 def parse_args(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--listen", default="127.0.0.1:8080", help="address:port clients reach (default loopback)")
@@ -221,6 +247,7 @@ def main(argv=None):
     except (ProxyError, OSError) as e:
         print(f"proxy: {e}", file=sys.stderr)
         return 2
+    become_subreaper()
     stopping, started = [], []
 
     def on_signal(signum, frame):
@@ -253,6 +280,7 @@ def main(argv=None):
             process.wait(timeout=args.recheck_s)
         except subprocess.TimeoutExpired:
             pass
+    end_children()
     if stopping:
         return 0
     log.error("nginx ended by itself (status %s)", process.returncode)

@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 import requests
@@ -478,5 +479,12 @@ def test_the_proxy_ends_with_1_when_nginx_dies(echo_proxy):
     url, process = echo_proxy
     nginx_pid = int(subprocess.run(["pgrep", "-P", str(process.pid), "nginx"], capture_output=True,
                                    text=True).stdout.split()[0])
+    workers = subprocess.run(["pgrep", "-P", str(nginx_pid)], capture_output=True, text=True).stdout.split()
+    assert workers
     os.kill(nginx_pid, signal.SIGKILL)
     assert process.wait(timeout=10) == 1
+    # the worker, orphaned by its master, is ended too: nothing keeps the port
+    for pid in workers:
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+    with pytest.raises(requests.ConnectionError):
+        requests.get(url + "/live", timeout=2)
