@@ -1,6 +1,7 @@
 """deploy/entrypoint.sh run as the container runs it, without Docker: a private model store, config folder, key
 file and work folder, free 127.0.0.1 ports, PYTHONPATH unset; in a process group of its own, always stopped.
 Shared by test_container.py (what the manifests rely on) and test_proxy.py (the proxy's guarantees)."""
+import contextlib
 import os
 import secrets
 import shutil
@@ -122,3 +123,21 @@ def model_store(base, checkpoints, model_config=ROOT / "handlers" / "model-confi
     shutil.copy(model_config, config_dir / "model-config.yaml")
     return store, config_dir
 
+
+@contextlib.contextmanager
+def started(pod):
+    """The pod started and answering /ping through the proxy; always stopped after."""
+    pod.start()
+    try:
+        pod.wait_ready()
+        yield pod
+    finally:
+        pod.stop()
+
+
+@contextlib.contextmanager
+def running_pod(tmp_path_factory, prefix, checkpoints, env_extra=None):
+    """A pod serving {NAME: checkpoint}, archived with handlers/model-config.yaml, in fresh temp folders."""
+    store, config_dir = model_store(tmp_path_factory.mktemp(f"{prefix}-store"), checkpoints)
+    with started(Pod(tmp_path_factory.mktemp(f"{prefix}-pod"), store, config_dir, env_extra)) as pod:
+        yield pod

@@ -14,7 +14,7 @@ import time
 import pytest
 import requests
 
-from podutil import KEY, Pod, group_alive, model_store
+from podutil import KEY, Pod, group_alive, model_store, started
 from serving.torchserve import read_properties
 from textclf.predict import Predictor
 
@@ -31,13 +31,8 @@ def store_and_config(tiny_ckpt, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def pod(store_and_config, tmp_path_factory):
-    store, config_dir = store_and_config
-    p = Pod(tmp_path_factory.mktemp("pod"), store, config_dir).start()
-    try:
-        p.wait_ready()
+    with started(Pod(tmp_path_factory.mktemp("pod"), *store_and_config)) as p:
         yield p
-    finally:
-        p.stop()
 
 
 def test_only_the_proxy_and_metrics_face_out_and_torchserve_keeps_its_ports_on_loopback(pod):

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import requests
 
-from podutil import KEY, Pod, model_store
+import tsutil
+from podutil import KEY, running_pod
 from textclf.predict import Predictor
 
 pytestmark = pytest.mark.serving
@@ -22,13 +23,8 @@ AUTH = {"Authorization": f"Bearer {KEY}"}
 
 @pytest.fixture(scope="module")
 def pod(tiny_ckpt, multi_ckpt, tmp_path_factory):
-    store, config_dir = model_store(tmp_path_factory.mktemp("oip-store"), {"toy": tiny_ckpt, "multi": multi_ckpt})
-    p = Pod(tmp_path_factory.mktemp("oip-pod"), store, config_dir).start()
-    try:
-        p.wait_ready()
+    with running_pod(tmp_path_factory, "oip", {"toy": tiny_ckpt, "multi": multi_ckpt}) as p:
         yield p
-    finally:
-        p.stop()
 
 
 @pytest.fixture(scope="module")
@@ -111,15 +107,8 @@ def test_infer_without_the_key_or_with_a_bad_body_is_refused_in_json(client, pod
 
 
 def histograms(pod):
-    from prometheus_client.parser import text_string_to_metric_families
-    text = requests.get(f"{pod.metrics}/metrics", timeout=10).text
-    found = {}
-    for family in text_string_to_metric_families(text):
-        if family.type == "histogram" and family.name.startswith("textclf_"):
-            for s in family.samples:
-                if s.name.endswith("_count"):
-                    found[family.name] = found.get(family.name, 0) + s.value
-    return found
+    """{textclf_* histogram: observations so far} on the pod's metrics port."""
+    return {name: h["count"] for name, h in tsutil.histograms(pod.metrics).items()}
 
 
 def test_request_duration_histogram_counts_every_request_through_the_proxy(client, pod):

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from podutil import KEY, Pod, model_store
+from podutil import KEY, running_pod
 from serving.proxy import ROOT, find_nginx, read_keys
 from serving.torchserve import free_ports
 
@@ -30,14 +30,9 @@ MAX_BODY = 524288           # config.properties' max_request_size, which the ent
 
 @pytest.fixture(scope="module")
 def pod(tiny_ckpt, tmp_path_factory):
-    store, config_dir = model_store(tmp_path_factory.mktemp("proxy-store"), {NAME: tiny_ckpt})
-    p = Pod(tmp_path_factory.mktemp("proxy-pod"), store, config_dir,
-            {"PROXY_HEAD_S": str(HEAD_S), "PROXY_BODY_S": str(BODY_S), "PROXY_IDLE_S": str(IDLE_S)}).start()
-    try:
-        p.wait_ready()
+    with running_pod(tmp_path_factory, "proxy", {NAME: tiny_ckpt},
+                     {"PROXY_HEAD_S": str(HEAD_S), "PROXY_BODY_S": str(BODY_S), "PROXY_IDLE_S": str(IDLE_S)}) as p:
         yield p
-    finally:
-        p.stop()
 
 
 def port_of(url):

@@ -13,7 +13,7 @@ import requests
 from serving.torchserve import read_properties
 from conftest import ROOT
 from textclf.predict import Predictor
-from tsutil import HTTP_TIMEOUT, module_server
+from tsutil import HTTP_TIMEOUT, histograms, module_server
 
 pytestmark = pytest.mark.serving
 
@@ -236,28 +236,8 @@ def scrape(server):
     return values
 
 
-def histograms(server):
-    """{histogram name: {"buckets": {le: cumulative count}, "count": n, "sum": s}} of the textclf_* histograms,
-    summed over the other labels, as prometheus_client's parser reads them."""
-    from prometheus_client.parser import text_string_to_metric_families
-    found = {}
-    for family in text_string_to_metric_families(requests.get(server.metrics + "/metrics", timeout=10).text):
-        if family.type != "histogram" or not family.name.startswith("textclf_"):
-            continue
-        h = found.setdefault(family.name, {"buckets": {}, "count": 0, "sum": 0.0})
-        for sample in family.samples:
-            if sample.name.endswith("_bucket"):
-                le = float(sample.labels["le"])
-                h["buckets"][le] = h["buckets"].get(le, 0) + sample.value
-            elif sample.name.endswith("_count"):
-                h["count"] += sample.value
-            elif sample.name.endswith("_sum"):
-                h["sum"] += sample.value
-    return found
-
-
 def test_metrics_move_by_exactly_the_traffic_sent(server):
-    before, hist_before = scrape(server), histograms(server)
+    before, hist_before = scrape(server), histograms(server.metrics)
     # X-Request-Start is what the proxy adds (nginx's $msec); requests without it (the 415) are not timed
     proxied = {"X-Request-Start": f"t={time.time():.3f}"}
     sent = [post(server, f"/predictions/{MODEL}", data=s.encode(), content_type="text/plain",
@@ -272,7 +252,7 @@ def test_metrics_move_by_exactly_the_traffic_sent(server):
                 ("ts_inference_requests_total", None, None): 7, ("textclf_request_duration_seconds", None, None): 6}
     deadline, moved = time.monotonic() + 20, {}
     while time.monotonic() < deadline:   # the frontend reads the workers' metric lines asynchronously
-        after, hist_after = scrape(server), histograms(server)
+        after, hist_after = scrape(server), histograms(server.metrics)
         moved = {k: after.get(k, 0) - before.get(k, 0) for k in expected if k[0] != "textclf_request_duration_seconds"}
         moved[("textclf_request_duration_seconds", None, None)] = (
             hist_after.get("textclf_request_duration_seconds", {}).get("count", 0)

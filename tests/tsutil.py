@@ -86,3 +86,23 @@ def module_server(tmp_path_factory, prefix, checkpoints, model_config_text):
     (base / "model-config.yaml").write_text(model_config_text)
     with torchserve(base, checkpoints, base / "model-config.yaml") as server:
         yield server
+
+
+def histograms(metrics_url):
+    """{histogram name: {"buckets": {le: cumulative count}, "count": n, "sum": s}} of the textclf_* histograms,
+    summed over the other labels, as prometheus_client's parser reads them."""
+    from prometheus_client.parser import text_string_to_metric_families
+    found = {}
+    for family in text_string_to_metric_families(requests.get(metrics_url + "/metrics", timeout=10).text):
+        if family.type != "histogram" or not family.name.startswith("textclf_"):
+            continue
+        h = found.setdefault(family.name, {"buckets": {}, "count": 0, "sum": 0.0})
+        for sample in family.samples:
+            if sample.name.endswith("_bucket"):
+                le = float(sample.labels["le"])
+                h["buckets"][le] = h["buckets"].get(le, 0) + sample.value
+            elif sample.name.endswith("_count"):
+                h["count"] += sample.value
+            elif sample.name.endswith("_sum"):
+                h["sum"] += sample.value
+    return found
