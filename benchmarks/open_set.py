@@ -1,11 +1,13 @@
 """Open-set behaviour: how well a Snips classifier says "none of these", by score, for MiniLM CLS and GloVe CNN.
 
-    python -m benchmarks.open_set [--leave-out A,B] [--far 700] --out results/open-set
+    python -m benchmarks.open_set [--leave-out A,B] [--pairs 1|N|all] [--far 700] --out results/open-set
 
 Leave-two-intents-out (as in the open intent classification literature): two intents (default: drawn with a
 fixed seed from the seven) are removed from train and valid; each model is trained on the five others
 (python -m train, which also fits the temperature on valid); the test sentences of the two left out are the
-near out-of-scope texts, and SST-2 and R52 test texts (the first --far of each) the far ones. For each score
+near out-of-scope texts, and SST-2 and R52 test texts (the first --far of each) the far ones. One pair says
+little about the rest, so --pairs N repeats the whole protocol for N pairs (the drawn one first, then others
+drawn with the same seed; all: every pair, 21 of Snips' seven intents) and reports each pair and the mean. For each score
 - msp: the top softmax probability at T = 1,
 - calibrated: the top probability at the fitted temperature,
 - energy: T * logsumexp(logits / T) (the negative free energy),
@@ -15,9 +17,11 @@ errors when accepted). Two feature-space scores are measured beside them as a di
 Mahalanobis distance to the nearest class mean (shared covariance; Lee et al., 2018) and the cosine similarity to
 the 10th nearest training text (Sun et al., 2022), on the features the classifier layer reads, fitted on 4,000
 training texts. Each checkpoint is calibrated again first (train.calibrate's code as it stands).
-Writes OUT/open_set.json, OUT/open_set.md, OUT/coverage-MODEL.png.
+Writes OUT/open_set.json, OUT/open_set.md, OUT/coverage-MODEL.png (the first pair) and, for several pairs,
+OUT/pairs.png (near AUROC per pair).
 """
 import argparse
+import itertools
 import json
 import random
 import subprocess
@@ -34,6 +38,7 @@ from train.calibration import coverage_curve, in_scope_score, open_set_metrics
 SCORES = ("msp", "calibrated", "energy")
 DIAGNOSTIC = ("mahalanobis", "knn")   # feature-space scores, measured here only
 FEATURE_TEXTS = 4000
+SERVED = {"minilm-cls": "energy", "glove-cnn": "calibrated"}   # the score train.calibrate's auto picks per kind
 MODELS = {   # name: python -m train flags (the quickstart's MiniLM recipe; the GloVe CNN of the accuracy table)
     "minilm-cls": ["--embedding", "minilm", "--encoder", "cls", "--epochs", "1", "--lr", "1e-4"],
     "glove-cnn": ["--embedding", "glove", "--encoder", "cnn", "--epochs", "2"],
@@ -45,6 +50,7 @@ def parse_args(argv=None):
     p.add_argument("--data", type=Path, default=ROOT / "data" / "snips")
     p.add_argument("--leave-out", default="", help="two intents to leave out (default: drawn with --seed)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--pairs", default="1", help="how many pairs to leave out in turn (N or all); default 1")
     p.add_argument("--far", type=int, default=700, help="SST-2 and R52 test texts used as far out-of-scope, each")
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--runs", type=Path, default=ROOT / "runs" / "open-set")
@@ -162,6 +168,82 @@ def plot(name, result, png, leave_out):
     plt.close(fig)
 
 
+def choose_pairs(labels, args):
+    """The pairs to leave out in turn: --leave-out (or the one drawn with --seed) first, then --pairs - 1 more
+    drawn with --seed from the rest."""
+    first = args.leave_out.split(",") if args.leave_out else sorted(random.Random(args.seed).sample(labels, 2))
+    assert len(first) == 2 and set(first) <= set(labels), first
+    rest = [list(p) for p in itertools.combinations(sorted(labels), 2) if set(p) != set(first)]
+    n = len(rest) + 1 if args.pairs == "all" else int(args.pairs)
+    if not 1 <= n <= len(rest) + 1:
+        raise SystemExit(f"--pairs: between 1 and {len(rest) + 1}, or all")
+    return [sorted(first)] + random.Random(args.seed).sample(rest, n - 1)
+
+
+def pair_name(leave_out):
+    return "+".join(leave_out)
+
+
+def summary(per_pair):
+    """{model: {score: {mean/min near AUROC, mean near FPR@95, mean far AUROC, worst pair}}} over the pairs."""
+    out = {}
+    for name in next(iter(per_pair.values())):
+        out[name] = {}
+        for score in SCORES + DIAGNOSTIC:
+            near = {p: r[name]["scores"][score]["near"] for p, r in per_pair.items()}
+            far = [r[name]["scores"][score]["far"]["auroc"] for r in per_pair.values()]
+            worst = min(near, key=lambda p: near[p]["auroc"])
+            out[name][score] = {"near_auroc_mean": float(np.mean([m["auroc"] for m in near.values()])),
+                                "near_fpr_at_95_tpr_mean": float(np.mean([m["fpr_at_95_tpr"] for m in near.values()])),
+                                "far_auroc_mean": float(np.mean(far)),
+                                "near_auroc_min": near[worst]["auroc"], "worst_pair": worst}
+    return out
+
+
+def pairs_table(per_pair, means, possible):
+    names = list(next(iter(per_pair.values())))
+    lines = ["", f"## Pair by pair ({len(per_pair)} of the {possible} pairs)", "",
+             "Near AUROC and near FPR@95 of each model's served score (MiniLM: energy; GloVe CNN: calibrated top "
+             "probability) for each pair left out, then the mean over the pairs for every score.", "",
+             "| left out | " + " | ".join(f"{n} near AUROC | {n} near FPR@95" for n in names) + " |",
+             "| --- |" + " ---: | ---: |" * len(names)]
+    for pair, r in per_pair.items():
+        cells = [f"{r[n]['scores'][SERVED[n]]['near']['auroc']:.4f} | {r[n]['scores'][SERVED[n]]['near']['fpr_at_95_tpr']:.3f}"
+                 for n in names]
+        lines.append(f"| {pair.replace('+', ' + ')} | " + " | ".join(cells) + " |")
+    lines += ["", "| model | score | mean near AUROC | mean near FPR@95 | mean far AUROC | worst pair (near AUROC) |",
+              "| --- | --- | ---: | ---: | ---: | --- |"]
+    for name, by_score in means.items():
+        for score, m in by_score.items():
+            lines.append(f"| {name} | {score}{' (diagnostic)' if score in DIAGNOSTIC else ''} | {m['near_auroc_mean']:.4f} | "
+                         f"{m['near_fpr_at_95_tpr_mean']:.3f} | {m['far_auroc_mean']:.4f} | "
+                         f"{m['worst_pair'].replace('+', ' + ')} ({m['near_auroc_min']:.4f}) |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_pairs(per_pair, png):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    names = list(next(iter(per_pair.values())))
+    pairs = list(per_pair)
+    fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(pairs) + 2), 4.5))
+    width = 0.8 / len(names)
+    for i, name in enumerate(names):
+        ax.bar(np.arange(len(pairs)) + i * width, [per_pair[p][name]["scores"][SERVED[name]]["near"]["auroc"] for p in pairs],
+               width, label=f"{name} ({SERVED[name]})")
+    ax.axhline(0.95, color="k", lw=0.8, ls="--", label="target 0.95")
+    ax.set_xticks(np.arange(len(pairs)) + 0.4 - width / 2)
+    ax.set_xticklabels([p.replace("+", "\n+ ") for p in pairs], rotation=90, fontsize=6)
+    ax.set_ylim(0.5, 1.0)
+    ax.set_ylabel("near out-of-scope AUROC")
+    ax.set_title("Snips, two intents left out of training in turn", fontsize=9)
+    ax.legend(loc="lower left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=100)
+    plt.close(fig)
+
+
 def table(results, leave_out, args):
     lines = [f"# Open-set: Snips without {' and '.join(leave_out)}", "",
              f"`{' '.join(['python -m benchmarks.open_set'] + sys.argv[1:])}`; {machine_line()}.", "",
@@ -180,36 +262,57 @@ def table(results, leave_out, args):
     return "\n".join(lines) + "\n"
 
 
+def run_pair(args, leave_out, far, runs):
+    """Train (where no run exists) and evaluate every model with leave_out left out -> (results, near texts,
+    in-scope test examples)."""
+    data = runs / "data"
+    near = split_data(args.data, set(leave_out), data)
+    in_examples, _ = read_examples(data / "test.txt")
+    from train.calibrate import calibrate
+    train_examples = read_examples(data / "train.txt")[0]
+    results = {}
+    for name in args.models.split(","):
+        ckpt = train(name, data, runs, args.retrain)
+        calibrate(ckpt, read_examples(data / "valid.txt")[0])
+        results[name] = evaluate(ckpt, in_examples, near, far, train_examples)
+        print(pair_name(leave_out), name, json.dumps({s: round(v["near"]["auroc"], 4)
+                                                      for s, v in results[name]["scores"].items()}), flush=True)
+    return results, near, in_examples
+
+
 def main(argv=None):
     args = parse_args(argv)
     started = time.time()
     examples, _ = read_examples(next(args.data.glob("train.*")))
     labels = sorted({e.label for e in examples})
-    leave_out = args.leave_out.split(",") if args.leave_out else sorted(random.Random(args.seed).sample(labels, 2))
-    assert len(leave_out) == 2 and set(leave_out) <= set(labels), leave_out
-    data = args.runs / "data"
-    near = split_data(args.data, set(leave_out), data)
-    in_examples, _ = read_examples(data / "test.txt")
+    pairs = choose_pairs(labels, args)
     far = far_texts(args.far)
-    results = {}
-    from train.calibrate import calibrate
-    train_examples = read_examples(data / "train.txt")[0]
-    for name in args.models.split(","):
-        ckpt = train(name, data, args.runs, args.retrain)
-        calibrate(ckpt, read_examples(data / "valid.txt")[0])
-        results[name] = evaluate(ckpt, in_examples, near, far, train_examples)
-        print(name, json.dumps({k: {s: v["near"]["auroc"] for s, v in r["scores"].items()}
-                                for k, r in {name: results[name]}.items()}), flush=True)
+    per_pair = {}
+    for i, leave_out in enumerate(pairs):
+        # the first pair keeps the folder it always had; the others get one each
+        runs = args.runs if i == 0 else args.runs / "pairs" / pair_name(leave_out)
+        results, near, in_examples = run_pair(args, leave_out, far, runs)
+        per_pair[pair_name(leave_out)] = results
+        if i == 0:
+            first, first_near, first_in = results, near, in_examples
     args.out.mkdir(parents=True, exist_ok=True)
-    for name, r in results.items():
-        plot(name, r, args.out / f"coverage-{name}.png", leave_out)
-    record = {"command": " ".join(["python -m benchmarks.open_set"] + sys.argv[1:]), "leave_out": leave_out,
-              "near_texts": len(near), "in_scope_texts": len(in_examples), "far_texts": {k: len(v) for k, v in far.items()},
+    for name, r in first.items():
+        plot(name, r, args.out / f"coverage-{name}.png", pairs[0])
+    record = {"command": " ".join(["python -m benchmarks.open_set"] + sys.argv[1:]), "leave_out": pairs[0],
+              "near_texts": len(first_near), "in_scope_texts": len(first_in), "far_texts": {k: len(v) for k, v in far.items()},
               "machine": machine(), "versions": versions(), "commit": git_commit(),
-              "seconds": round(time.time() - started, 1), "results": results}
+              "seconds": round(time.time() - started, 1), "results": first}
+    text = table(first, pairs[0], args)
+    if len(pairs) > 1:
+        per_pair = {p: {n: {k: v for k, v in m.items() if k != "coverage_curves"} for n, m in r.items()}
+                    for p, r in per_pair.items()}
+        record["pairs"] = {"per_pair": per_pair, "mean": summary(per_pair)}
+        text += pairs_table(per_pair, record["pairs"]["mean"], len(labels) * (len(labels) - 1) // 2)
+        plot_pairs(per_pair, args.out / "pairs.png")
+        text += "\n![near AUROC per pair](pairs.png)\n"
     (args.out / "open_set.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-    (args.out / "open_set.md").write_text(table(results, leave_out, args), encoding="utf-8")
-    print((args.out / "open_set.md").read_text())
+    (args.out / "open_set.md").write_text(text, encoding="utf-8")
+    print(text)
     return 0
 
 
