@@ -51,7 +51,7 @@ def test_mixes(snips, mixsnips):
 
 def analyse(multi, single, mixes):
     """-> (summary dict, [wrong text records])."""
-    answers = multi.predict([text for text, _, _ in mixes])
+    answers = multi.predict([text for text, _, _ in mixes], top_k=len(multi.labels))   # every score
     utterances = sorted({u for _, _, parts in mixes for _, u in parts})
     alone = dict(zip(utterances, (a["label"] for a in single.predict(utterances))))
     wrong, kinds = [], {"missed": 0, "extra": 0, "swapped": 0}
@@ -99,13 +99,13 @@ def table(summary, wrong, args):
              f"The single-label model is right on {s['single_label_accuracy_on_distinct_utterances']:.4f} of the "
              f"{s['distinct_utterances']} distinct test utterances the mixes use "
              f"({s['single_label_accuracy_on_drawn_utterances']:.4f} counting each draw).", "",
-             "## The wrong texts", "", "| kind | gold | predicted | scores | single-label wrong on |",
-             "| --- | --- | --- | --- | --- |"]
+             "## The wrong texts", "", "Scores of 0.05 and over.", "",
+             "| text | kind | gold | predicted | scores | single-label wrong on |", "| --- | --- | --- | --- | --- | --- |"]
     for w in wrong:
         bad = "; ".join(f"\"{b['utterance']}\" ({b['intent']} read as {b['single_label_answer']})"
                         for b in w["single_label_wrong"]) or "-"
         scores = ", ".join(f"{k} {v}" for k, v in w["scores"].items())
-        lines.append(f"| {w['kind']} | {', '.join(w['gold'])} | {', '.join(w['predicted'])} | {scores} | {bad} |")
+        lines.append(f"| {w['text']} | {w['kind']} | {', '.join(w['gold'])} | {', '.join(w['predicted'])} | {scores} | {bad} |")
     return "\n".join(lines) + "\n"
 
 

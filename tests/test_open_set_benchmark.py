@@ -39,7 +39,8 @@ def test_pairs_are_the_drawn_one_first_then_distinct_others(four_intents):
     pairs = open_set.choose_pairs(labels, args)
     assert pairs[0] == sorted(random.Random(3).sample(labels, 2))
     assert sorted(map(tuple, pairs)) == sorted((a, b) for i, a in enumerate(labels) for b in labels[i + 1:])
-    assert open_set.choose_pairs(labels, open_set.parse_args(["--pairs", "3", "--seed", "3"])) == pairs[:3]
+    for n in range(1, 7):                              # --pairs N is the first N of --pairs all
+        assert open_set.choose_pairs(labels, open_set.parse_args(["--pairs", str(n), "--seed", "3"])) == pairs[:n]
     assert open_set.choose_pairs(labels, open_set.parse_args(["--leave-out", "delta,alpha"]))[0] == ["alpha", "delta"]
     with pytest.raises(SystemExit, match="between 1 and 6"):
         open_set.choose_pairs(labels, open_set.parse_args(["--pairs", "7"]))
@@ -85,13 +86,17 @@ def test_mixsnips_errors_sorts_each_wrong_text_by_where_it_went_wrong(tmp_path):
     assert len(mixes) == 700
 
     class Multi:
-        def predict(self, texts):
+        labels = ["AddToPlaylist", "BookRestaurant", "GetWeather", "PlayMusic", "RateBook", "SearchCreativeWork",
+                  "SearchScreeningEvent"]
+
+        def predict(self, texts, top_k):
+            assert top_k == 7                          # every label's score goes into the report
             gold = {text: labels for text, labels, _ in mixes}
             return [{"labels": [{"label": x, "score": 0.9} for x in gold[t] if x != "GetWeather"],
                      "top_k": [{"label": x, "score": 0.9} for x in gold[t]]} for t in texts]
 
     class Single:
-        def predict(self, texts):
+        def predict(self, texts, top_k=1):
             intent = {u: i for _, _, parts in mixes for i, u in parts}
             return [{"label": "SearchCreativeWork" if t.startswith("play") else intent[t]} for t in texts]
 
