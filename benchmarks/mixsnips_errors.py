@@ -15,6 +15,7 @@ the multi-label model gets some of those texts right.
 Writes OUT/errors.json and OUT/errors.md.
 """
 import argparse
+import importlib.util
 import json
 import random
 import sys
@@ -23,8 +24,16 @@ from pathlib import Path
 
 from benchmarks.common import ROOT, git_commit, machine, machine_line, versions
 
-sys.path.insert(0, str(ROOT / "data"))
-import build_mixsnips  # noqa: E402  (data/build_mixsnips.py: standard library only)
+
+def _builder():
+    """data/build_mixsnips.py (a script beside the data, standard library only) as a module."""
+    spec = importlib.util.spec_from_file_location("build_mixsnips", ROOT / "data" / "build_mixsnips.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+build_mixsnips = _builder()
 
 
 def parse_args(argv=None):
