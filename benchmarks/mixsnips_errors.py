@@ -46,7 +46,7 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def test_mixes(snips, mixsnips):
+def read_test_mixes(snips, mixsnips):
     """The test mixes as build_mixsnips makes them, after checking they are data/mixsnips/test.txt's lines."""
     lines = (mixsnips / "test.txt").read_text(encoding="utf-8").splitlines()
     mixes = build_mixsnips.mix(build_mixsnips.read_snips(snips / "test.txt"), len(lines),
@@ -125,7 +125,7 @@ def main(argv=None):
     multi, single = Predictor.from_checkpoint(args.multi), Predictor.from_checkpoint(args.single)
     if not multi.multi_label or single.multi_label:
         raise SystemExit("--multi takes a multi-label checkpoint and --single a single-label one")
-    summary, wrong = analyse(multi, single, test_mixes(args.snips, args.mixsnips))
+    summary, wrong = analyse(multi, single, read_test_mixes(args.snips, args.mixsnips))
     args.out.mkdir(parents=True, exist_ok=True)
     record = {"command": " ".join(["python -m benchmarks.mixsnips_errors"] + sys.argv[1:]),
               "multi": str(args.multi), "single": str(args.single), "summary": summary, "wrong": wrong,

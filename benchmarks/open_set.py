@@ -33,16 +33,26 @@ import numpy as np
 
 from benchmarks.common import ROOT, git_commit, machine, machine_line, versions
 from textclf.data import read_examples
+from train.calibrate import AUTO_SCORE
 from train.calibration import coverage_curve, in_scope_score, open_set_metrics
 
 SCORES = ("msp", "calibrated", "energy")
 DIAGNOSTIC = ("mahalanobis", "knn")   # feature-space scores, measured here only
 FEATURE_TEXTS = 4000
-SERVED = {"minilm-cls": "energy", "glove-cnn": "energy"}   # the score train.calibrate's auto picks
+SERVED = {"energy": "energy", "probability": "calibrated"}[AUTO_SCORE]   # what train.calibrate serves, here named
 MODELS = {   # name: python -m train flags (the quickstart's MiniLM recipe; the GloVe CNN of the accuracy table)
     "minilm-cls": ["--embedding", "minilm", "--encoder", "cls", "--epochs", "1", "--lr", "1e-4"],
     "glove-cnn": ["--embedding", "glove", "--encoder", "cnn", "--epochs", "2"],
 }
+
+
+def pair_count(value):
+    """--pairs: a positive number, or "all" (None)."""
+    if value == "all":
+        return None
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"{value!r}: a number of pairs (1 or more), or all")
+    return int(value)
 
 
 def parse_args(argv=None):
@@ -50,7 +60,8 @@ def parse_args(argv=None):
     p.add_argument("--data", type=Path, default=ROOT / "data" / "snips")
     p.add_argument("--leave-out", default="", help="two intents to leave out (default: drawn with --seed)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--pairs", default="1", help="how many pairs to leave out in turn (N or all); default 1")
+    p.add_argument("--pairs", type=pair_count, default=1, help="how many pairs to leave out in turn (N or all); "
+                   "default 1")
     p.add_argument("--far", type=int, default=700, help="SST-2 and R52 test texts used as far out-of-scope, each")
     p.add_argument("--models", default=",".join(MODELS))
     p.add_argument("--runs", type=Path, default=ROOT / "runs" / "open-set")
@@ -174,8 +185,8 @@ def choose_pairs(labels, args):
     first = args.leave_out.split(",") if args.leave_out else sorted(random.Random(args.seed).sample(labels, 2))
     assert len(first) == 2 and set(first) <= set(labels), first
     rest = [list(p) for p in itertools.combinations(sorted(labels), 2) if set(p) != set(first)]
-    n = len(rest) + 1 if args.pairs == "all" else int(args.pairs)
-    if not 1 <= n <= len(rest) + 1:
+    n = len(rest) + 1 if args.pairs is None else args.pairs
+    if n > len(rest) + 1:
         raise SystemExit(f"--pairs: between 1 and {len(rest) + 1}, or all")
     random.Random(args.seed).shuffle(rest)   # one order for every N: --pairs N runs the first N of --pairs all
     return [sorted(first)] + rest[:n - 1]
@@ -204,12 +215,12 @@ def summary(per_pair):
 def pairs_table(per_pair, means, possible):
     names = list(next(iter(per_pair.values())))
     lines = ["", f"## Pair by pair ({len(per_pair)} of the {possible} pairs)", "",
-             "Near AUROC and near FPR@95 of the score train.calibrate serves by default (energy) for each pair left "
-             "out, then the mean over the pairs for every score.", "",
+             f"Near AUROC and near FPR@95 of the score train.calibrate serves by default ({SERVED}) for each pair "
+             "left out, then the mean over the pairs for every score.", "",
              "| left out | " + " | ".join(f"{n} near AUROC | {n} near FPR@95" for n in names) + " |",
              "| --- |" + " ---: | ---: |" * len(names)]
     for pair, r in per_pair.items():
-        cells = [f"{r[n]['scores'][SERVED[n]]['near']['auroc']:.4f} | {r[n]['scores'][SERVED[n]]['near']['fpr_at_95_tpr']:.3f}"
+        cells = [f"{r[n]['scores'][SERVED]['near']['auroc']:.4f} | {r[n]['scores'][SERVED]['near']['fpr_at_95_tpr']:.3f}"
                  for n in names]
         lines.append(f"| {pair.replace('+', ' + ')} | " + " | ".join(cells) + " |")
     lines += ["", "| model | score | mean near AUROC | mean near FPR@95 | mean far AUROC | worst pair (near AUROC) |",
@@ -231,8 +242,8 @@ def plot_pairs(per_pair, png):
     fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(pairs) + 2), 4.5))
     width = 0.8 / len(names)
     for i, name in enumerate(names):
-        ax.bar(np.arange(len(pairs)) + i * width, [per_pair[p][name]["scores"][SERVED[name]]["near"]["auroc"] for p in pairs],
-               width, label=f"{name} ({SERVED[name]})")
+        ax.bar(np.arange(len(pairs)) + i * width, [per_pair[p][name]["scores"][SERVED]["near"]["auroc"] for p in pairs],
+               width, label=f"{name} ({SERVED})")
     ax.axhline(0.95, color="k", lw=0.8, ls="--", label="target 0.95")
     ax.set_xticks(np.arange(len(pairs)) + 0.4 - width / 2)
     ax.set_xticklabels([p.replace("+", "\n+ ") for p in pairs], rotation=90, fontsize=6)

@@ -25,7 +25,6 @@ def toy_model(monkeypatch):
     monkeypatch.setattr(open_set, "MODELS", {"toy": ["--embedding", "random", "--encoder", "cnn", "--embedding-dim",
                                                      "16", "--num-filters", "8", "--epochs", "2", "--batch-size", "8",
                                                      "--threads", "1"]})
-    monkeypatch.setattr(open_set, "SERVED", {"toy": "calibrated"})
 
 
 def run(tmp_path, data, *extra):
@@ -82,7 +81,7 @@ def test_mixsnips_errors_sorts_each_wrong_text_by_where_it_went_wrong(tmp_path):
     "play" as SearchCreativeWork, so every count can be worked out from the data."""
     from benchmarks import mixsnips_errors
 
-    mixes = mixsnips_errors.test_mixes(open_set.ROOT / "data" / "snips", open_set.ROOT / "data" / "mixsnips")
+    mixes = mixsnips_errors.read_test_mixes(open_set.ROOT / "data" / "snips", open_set.ROOT / "data" / "mixsnips")
     assert len(mixes) == 700
 
     class Multi:
@@ -114,4 +113,4 @@ def test_mixsnips_errors_sorts_each_wrong_text_by_where_it_went_wrong(tmp_path):
     lines = (open_set.ROOT / "data" / "mixsnips" / "test.txt").read_text().splitlines()
     (bad / "test.txt").write_text("\n".join(lines[:4] + ["changed\tGetWeather"] + lines[5:]) + "\n")
     with pytest.raises(SystemExit, match=r"test.txt:5: not what data/build_mixsnips.py builds"):
-        mixsnips_errors.test_mixes(open_set.ROOT / "data" / "snips", bad)
+        mixsnips_errors.read_test_mixes(open_set.ROOT / "data" / "snips", bad)
