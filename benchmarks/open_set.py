@@ -11,12 +11,14 @@ drawn with the same seed; all: every pair, 21 of Snips' seven intents) and repor
 - msp: the top softmax probability at T = 1,
 - calibrated: the top probability at the fitted temperature,
 - energy: T * logsumexp(logits / T) (the negative free energy),
+- mahalanobis: minus the squared Mahalanobis distance of the classifier layer's input to the nearest class mean
+  (shared covariance; Lee et al., 2018), fitted on the training texts by train.calibrate's code and scored by
+  the Predictor's, as served,
 it reports AUROC (in-scope against out-of-scope), the share of out-of-scope texts accepted at the threshold that
 keeps 95 % of the in-scope ones, and accuracy-at-coverage curves (a PNG per model; out-of-scope texts count as
-errors when accepted). Two feature-space scores are measured beside them as a diagnostic (not served): the
-Mahalanobis distance to the nearest class mean (shared covariance; Lee et al., 2018) and the cosine similarity to
-the 10th nearest training text (Sun et al., 2022), on the features the classifier layer reads, fitted on 4,000
-training texts. Each checkpoint is calibrated again first (train.calibrate's code as it stands).
+errors when accepted). The cosine similarity to the 10th nearest of 4,000 training texts on the same features (Sun
+et al., 2022) is measured beside them as a diagnostic (not served). Each checkpoint is calibrated again first
+(train.calibrate's code as it stands); the score it serves by default (--score auto) is marked per model.
 Writes OUT/open_set.json, OUT/open_set.md, OUT/coverage-MODEL.png (the first pair) and, for several pairs,
 OUT/pairs.png (near AUROC per pair).
 """
@@ -33,13 +35,13 @@ import numpy as np
 
 from benchmarks.common import ROOT, git_commit, machine, machine_line, versions
 from textclf.data import read_examples
-from train.calibrate import AUTO_SCORE
+from train.calibrate import auto_score, fit_mahalanobis
 from train.calibration import coverage_curve, in_scope_score, open_set_metrics
 
-SCORES = ("msp", "calibrated", "energy")
-DIAGNOSTIC = ("mahalanobis", "knn")   # feature-space scores, measured here only
+SCORES = ("msp", "calibrated", "energy", "mahalanobis")
+DIAGNOSTIC = ("knn",)   # a feature-space score measured here only
 FEATURE_TEXTS = 4000
-SERVED = {"energy": "energy", "probability": "calibrated"}[AUTO_SCORE]   # what train.calibrate serves, here named
+NAMES = {"probability": "calibrated", "energy": "energy", "mahalanobis": "mahalanobis"}   # config.json's -> here
 MODELS = {   # name: python -m train flags (the quickstart's MiniLM recipe; the GloVe CNN of the accuracy table)
     "minilm-cls": ["--embedding", "minilm", "--encoder", "cls", "--epochs", "1", "--lr", "1e-4"],
     "glove-cnn": ["--embedding", "glove", "--encoder", "cnn", "--epochs", "2"],
@@ -100,56 +102,40 @@ def train(name, data, runs, retrain):
     return run / "checkpoint-best"
 
 
-def features(predictor, texts, batch=64):
-    """The input of the classifier layer (B, F) for texts: what a feature-space score looks at."""
-    import torch
-    seen = []
-    hook = predictor.model.classifier.register_forward_hook(lambda m, inp, out: seen.append(inp[0].detach()))
-    try:
-        with torch.inference_mode():
-            for i in range(0, len(texts), batch):
-                predictor.model(**predictor.encode(texts[i: i + batch]))
-    finally:
-        hook.remove()
-    return torch.cat(seen).float().numpy()
-
-
-def feature_scores(predictor, train_examples, sets):
-    """{score: {set: values}} for the diagnostic scores (higher = more in scope)."""
-    rng = random.Random(0)
-    sample = rng.sample(train_examples, min(FEATURE_TEXTS, len(train_examples)))
-    x = features(predictor, [e.text for e in sample])
-    y = np.array([predictor.labels.index(e.label) for e in sample])
-    means = np.stack([x[y == c].mean(0) for c in range(len(predictor.labels))])
-    centred = x - means[y]
-    precision = np.linalg.pinv(centred.T @ centred / len(x) + 1e-6 * np.eye(x.shape[1]))
+def knn_scores(predictor, train_examples, features):
+    """{set: cosine similarity to the 10th nearest of FEATURE_TEXTS training texts} (higher = more in scope)."""
+    sample = random.Random(0).sample(train_examples, min(FEATURE_TEXTS, len(train_examples)))
+    x = predictor.predict_logits([e.text for e in sample], features=True)[1]
     unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return {k: np.sort((f / np.linalg.norm(f, axis=1, keepdims=True)) @ unit.T, axis=1)[:, -10]
+            for k, f in features.items()}
 
-    def mahalanobis(f):
-        return -np.min(np.stack([np.einsum("ij,jk,ik->i", f - m, precision, f - m) for m in means]), axis=0)
 
-    def knn(f, k=10):
-        return np.sort((f / np.linalg.norm(f, axis=1, keepdims=True)) @ unit.T, axis=1)[:, -k]
-    feats = {name: features(predictor, texts) for name, texts in sets.items()}
-    return {"mahalanobis": {k: mahalanobis(v) for k, v in feats.items()},
-            "knn": {k: knn(v) for k, v in feats.items()}}
+def served_scores(predictor, logits, features):
+    """{set: the score as the Predictor computes it when serving} for the Mahalanobis score."""
+    predictor.out_of_scope_score = "mahalanobis"
+    return {k: predictor.in_scope(logits[k], features[k]) for k in logits}
 
 
 def evaluate(ckpt, in_examples, near, far, train_examples):
+    from textclf.checkpoint import check_folder
     from textclf.predict import Predictor
     predictor = Predictor.from_checkpoint(ckpt)
+    predictor.mahalanobis = fit_mahalanobis(predictor, train_examples)   # as train.calibrate fits it
     index = {label: i for i, label in enumerate(predictor.labels)}
     gold = np.array([index[e.label] for e in in_examples])
-    logits = {"in": predictor.predict_logits([e.text for e in in_examples]), "near": predictor.predict_logits(near)}
-    logits.update({f"far-{k}": predictor.predict_logits(v) for k, v in far.items()})
+    texts = {"in": [e.text for e in in_examples], "near": near, **{f"far-{k}": v for k, v in far.items()}}
+    outputs = {k: predictor.predict_logits(v, features=True) for k, v in texts.items()}
+    logits, features = {k: v[0] for k, v in outputs.items()}, {k: v[1] for k, v in outputs.items()}
     t = predictor.temperature
     right = logits["in"].argmax(1) == gold
-    result = {"temperature": t, "in_scope_accuracy": float(right.mean()), "scores": {}}
+    result = {"temperature": t, "in_scope_accuracy": float(right.mean()),
+              "served_score": NAMES[auto_score(check_folder(ckpt))], "scores": {}}
     curves = {}
-    texts = {"in": [e.text for e in in_examples], "near": near, **{f"far-{k}": v for k, v in far.items()}}
-    diagnostic = feature_scores(predictor, train_examples, texts)
+    feature_based = {"mahalanobis": served_scores(predictor, logits, features),
+                     "knn": knn_scores(predictor, train_examples, features)}
     for score in SCORES + DIAGNOSTIC:
-        s = diagnostic[score] if score in DIAGNOSTIC else {k: in_scope_score(v, score, t) for k, v in logits.items()}
+        s = feature_based[score] if score in feature_based else {k: in_scope_score(v, score, t) for k, v in logits.items()}
         far_all = np.concatenate([s[k] for k in s if k.startswith("far-")])
         result["scores"][score] = {
             "near": open_set_metrics(s["in"], s["near"]),
@@ -215,22 +201,32 @@ def summary(per_pair):
 def pairs_table(per_pair, means, possible):
     names = list(next(iter(per_pair.values())))
     lines = ["", f"## Pair by pair ({len(per_pair)} of the {possible} pairs)", "",
-             f"Near AUROC and near FPR@95 of the score train.calibrate serves by default ({SERVED}) for each pair "
-             "left out, then the mean over the pairs for every score.", "",
+             "Near AUROC and near FPR@95 of the score train.calibrate serves by default (--score auto: "
+             + ", ".join(f"{n}: {served(per_pair, n)}" for n in names) + ") for each pair left out, then the mean "
+             "over the pairs for every score.", "",
              "| left out | " + " | ".join(f"{n} near AUROC | {n} near FPR@95" for n in names) + " |",
              "| --- |" + " ---: | ---: |" * len(names)]
     for pair, r in per_pair.items():
-        cells = [f"{r[n]['scores'][SERVED]['near']['auroc']:.4f} | {r[n]['scores'][SERVED]['near']['fpr_at_95_tpr']:.3f}"
-                 for n in names]
+        cells = [f"{r[n]['scores'][served(per_pair, n)]['near']['auroc']:.4f} | "
+                 f"{r[n]['scores'][served(per_pair, n)]['near']['fpr_at_95_tpr']:.3f}" for n in names]
         lines.append(f"| {pair.replace('+', ' + ')} | " + " | ".join(cells) + " |")
     lines += ["", "| model | score | mean near AUROC | mean near FPR@95 | mean far AUROC | worst pair (near AUROC) |",
               "| --- | --- | ---: | ---: | ---: | --- |"]
     for name, by_score in means.items():
         for score, m in by_score.items():
-            lines.append(f"| {name} | {score}{' (diagnostic)' if score in DIAGNOSTIC else ''} | {m['near_auroc_mean']:.4f} | "
+            lines.append(f"| {name} | {score}{mark(score, served(per_pair, name))} | {m['near_auroc_mean']:.4f} | "
                          f"{m['near_fpr_at_95_tpr_mean']:.3f} | {m['far_auroc_mean']:.4f} | "
                          f"{m['worst_pair'].replace('+', ' + ')} ({m['near_auroc_min']:.4f}) |")
     return "\n".join(lines) + "\n"
+
+
+def served(per_pair, name):
+    """The score train.calibrate serves by default for model `name` (as this benchmark names it)."""
+    return next(iter(per_pair.values()))[name]["served_score"]
+
+
+def mark(score, served_score):
+    return " (diagnostic)" if score in DIAGNOSTIC else " (served)" if score == served_score else ""
 
 
 def plot_pairs(per_pair, png):
@@ -242,8 +238,9 @@ def plot_pairs(per_pair, png):
     fig, ax = plt.subplots(figsize=(max(6, 0.45 * len(pairs) + 2), 4.5))
     width = 0.8 / len(names)
     for i, name in enumerate(names):
-        ax.bar(np.arange(len(pairs)) + i * width, [per_pair[p][name]["scores"][SERVED]["near"]["auroc"] for p in pairs],
-               width, label=f"{name} ({SERVED})")
+        score = served(per_pair, name)
+        ax.bar(np.arange(len(pairs)) + i * width, [per_pair[p][name]["scores"][score]["near"]["auroc"] for p in pairs],
+               width, label=f"{name} ({score})")
     ax.axhline(0.95, color="k", lw=0.8, ls="--", label="target 0.95")
     ax.set_xticks(np.arange(len(pairs)) + 0.4 - width / 2)
     ax.set_xticklabels([p.replace("+", "\n+ ") for p in pairs], rotation=90, fontsize=6)
@@ -265,7 +262,7 @@ def table(results, leave_out, args):
     for name, r in results.items():
         for score in SCORES + DIAGNOSTIC:
             s = r["scores"][score]
-            lines.append(f"| {name} | {score}{' (diagnostic)' if score in DIAGNOSTIC else ''} | {s['near']['auroc']:.4f} | {s['near']['fpr_at_95_tpr']:.3f} | "
+            lines.append(f"| {name} | {score}{mark(score, r['served_score'])} | {s['near']['auroc']:.4f} | {s['near']['fpr_at_95_tpr']:.3f} | "
                          f"{s['far']['auroc']:.4f} | {s['far']['fpr_at_95_tpr']:.3f} |")
     lines.append("")
     for name, r in results.items():

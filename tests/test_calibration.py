@@ -9,6 +9,7 @@ import pytest
 from conftest import PROBE_TEXTS, run_failing_cli
 from test_handler import JSON, handle, start
 from textclf.config import ModelConfig
+from textclf.mahalanobis import STATS_FILE
 from textclf.predict import Predictor
 from train.calibrate import main as calibrate
 from train.calibration import (coverage_curve, ece, fit_temperature, in_scope_score, nll, open_set_metrics, softmax,
@@ -82,6 +83,8 @@ def test_training_fits_a_temperature_and_keeps_the_labels(tiny_bert_dir, toy_dat
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     config = ModelConfig.from_json_file(tmp_path / "run" / "checkpoint-best" / "config.json")
     assert config.temperature == pytest.approx(summary["calibration"]["temperature"]) and config.temperature != 1.0
+    # the Mahalanobis score is fitted on the training texts, beside the weights
+    assert config.out_of_scope_score == "mahalanobis" and (tmp_path / "run" / "checkpoint-best" / STATS_FILE).is_file()
     assert summary["calibration"]["nll_after"] <= summary["calibration"]["nll_before"] + 1e-9
     assert config.normalization == "NFKC" and summary["calibration"]["target_precision"] == 0.9
     uncalibrated = ModelConfig.from_json_file(tmp_path / "run" / "checkpoint-last" / "config.json")
@@ -98,13 +101,17 @@ def test_probabilities_are_the_softmax_of_logits_over_the_temperature(calibrated
 def test_calibrate_stores_a_threshold_that_reaches_the_precision_on_valid(calibrated, toy_data_dir):
     from textclf.data import read_examples
     config = ModelConfig.from_json_file(calibrated / "config.json")
-    assert config.out_of_scope_score == "energy"   # auto: the better score for transformers in results/open-set
+    assert config.out_of_scope_score == "mahalanobis"   # auto, for transformers: the best in results/open-set
+    assert (calibrated / STATS_FILE).is_file()
     predictor = Predictor.from_checkpoint(calibrated)
     examples, _ = read_examples(toy_data_dir / "valid.txt")
     answers = predictor.predict([e.text for e in examples])
     accepted = [(a, e) for a, e in zip(answers, examples) if not a["out_of_scope"]]
     assert accepted and sum(a["label"] == e.label for a, e in accepted) / len(accepted) >= 0.99
-    scores = predictor.in_scope(predictor.predict_logits([e.text for e in examples]))
+    logits, features = predictor.predict_logits([e.text for e in examples], features=True)
+    with pytest.raises(ValueError, match="features"):
+        predictor.in_scope(logits)
+    scores = predictor.in_scope(logits, features)
     for a, score in zip(answers, scores):
         assert a["out_of_scope"] == (score < config.out_of_scope_threshold)
         assert (a["label"] is None) == a["out_of_scope"]
@@ -219,7 +226,7 @@ def test_a_threshold_of_none_in_the_model_config_turns_the_reject_option_off(cal
 
 
 def test_in_scope_answers_keep_their_label_and_say_so(calibrated):
-    handler, context = start(calibrated, out_of_scope_threshold=0.0)
+    handler, context = start(calibrated, out_of_scope_threshold=-1e12)   # minus a squared distance: always above
     [answer] = handle(handler, context, [({"body": {"text": "rain"}}, {"body": JSON})])
     assert answer["out_of_scope"] is False and answer["label"] == answer["top_k"][0]["label"]
 

@@ -1,7 +1,9 @@
 """save_checkpoint() / load_checkpoint(): a self-contained folder of JSON, safetensors and tokenizer files.
 
 Layout: config.json, labels.json, model.safetensors (or model.onnx for an ONNX export), tokenizer/,
-transformer/config.json (transformer embeddings only), metrics.json and train_args.json (for people).
+transformer/config.json (transformer embeddings only), out_of_scope.safetensors (the Mahalanobis score's class
+means and precision, when config.json's out_of_scope_score is mahalanobis), metrics.json and train_args.json
+(for people).
 Nothing is pickled, and loading checks every file it reads.
 """
 import contextlib
@@ -16,6 +18,7 @@ import torch
 from .config import ModelConfig, check_max_length, load_labels, read_json, save_labels
 from .embeddings import TransformerEmbedding
 from .errors import CheckpointError
+from .mahalanobis import STATS_FILE
 from .model import SequenceClassifier, TextClassifier
 from .tokenization import load_tokenizer
 
@@ -26,6 +29,8 @@ WEIGHTS, ONNX_GRAPH = "model.safetensors", "model.onnx"
 def required_files(config):
     files = ["config.json", "labels.json", "tokenizer"]
     files.append(ONNX_GRAPH if config.runtime == "onnx" else WEIGHTS)
+    if config.out_of_scope_score == "mahalanobis":
+        files.append(STATS_FILE)
     if config.embedding == "transformer" and config.runtime != "onnx":
         files.append("transformer/config.json")
     return files

@@ -22,9 +22,11 @@ QUANTIZATIONS = ("", "ort-dynamic-int8-per-channel", "ort-dynamic-int8", "ort-dy
 # written by exports before int8 moved to ONNX Runtime (torch.ao's quantize_dynamic, deprecated)
 TORCH_QUANTIZATIONS = ("dynamic-int8-per-channel", "dynamic-int8")
 PRECISIONS = ("fp32", "bf16")               # bf16: the forward pass runs under torch.autocast (bfloat16)
-# what the reject option thresholds (higher = more in scope): the calibrated top probability, or the negative
-# free energy T * logsumexp(logits / T) (benchmarks/open_set.py compares them)
-OUT_OF_SCOPE_SCORES = ("probability", "energy")
+# what the reject option thresholds (higher = more in scope): the calibrated top probability, the negative
+# free energy T * logsumexp(logits / T), or minus the Mahalanobis distance of the classifier layer's input to the
+# nearest class mean (textclf/mahalanobis.py; its means and precision in out_of_scope.safetensors)
+# (benchmarks/open_set.py compares them)
+OUT_OF_SCOPE_SCORES = ("probability", "energy", "mahalanobis")
 NORMALIZATIONS = ("", "NFKC")               # Unicode normalisation of texts before tokenizing ("": none)
 
 

@@ -28,10 +28,12 @@ class TextClassifier(nn.Module):
     def for_words(cls, config, frozen_rows=None):
         return cls(config, WordEmbedding(config.vocab_size, config.embedding_dim, frozen_rows))
 
-    def forward(self, input_ids, attention_mask):
+    def forward(self, input_ids, attention_mask, return_features=False):
+        """Logits (B, num_labels); with return_features, (logits, the classifier layer's input (B, F))."""
         states = self.embedding(input_ids, attention_mask)        # (B, T, D)
         features = self.encoder(states, attention_mask)          # (B, F)
-        return self.classifier(self.dropout(features))           # (B, num_labels) logits
+        logits = self.classifier(self.dropout(features))         # (B, num_labels)
+        return (logits, features) if return_features else logits
 
 
 class SequenceClassifier(nn.Module):
@@ -64,5 +66,24 @@ class SequenceClassifier(nn.Module):
                                   f"config.json says num_labels={config.num_labels}")
         return cls(config, model)
 
-    def forward(self, input_ids, attention_mask):
-        return self.model(input_ids=input_ids, attention_mask=attention_mask).logits   # (B, num_labels)
+    def head_layer(self):
+        """The last linear layer of the head (the one that writes the logits): its input are the features."""
+        layers = [m for m in self.model.modules()
+                  if isinstance(m, nn.Linear) and m.out_features == self.config.num_labels]
+        if not layers:
+            from .errors import CheckpointError
+            raise CheckpointError(f"{type(self.model).__name__} has no linear layer with {self.config.num_labels} "
+                                  "outputs to read features from")
+        return layers[-1]
+
+    def forward(self, input_ids, attention_mask, return_features=False):
+        """Logits (B, num_labels); with return_features, (logits, the input of the head's last linear layer)."""
+        if not return_features:
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        seen = []
+        hook = self.head_layer().register_forward_hook(lambda module, inputs, output: seen.append(inputs[0]))
+        try:
+            logits = self.model(input_ids=input_ids, attention_mask=attention_mask).logits
+        finally:
+            hook.remove()
+        return logits, seen[-1]

@@ -10,6 +10,7 @@ import torch
 from .checkpoint import ONNX_GRAPH, check_folder, load_checkpoint, readable
 from .config import load_labels
 from .errors import CheckpointError
+from .mahalanobis import STATS_FILE, Mahalanobis
 from .tokenization import load_tokenizer
 
 log = logging.getLogger(__name__)
@@ -74,7 +75,8 @@ def passes(lengths, max_texts, overhead_tokens=PASS_OVERHEAD_TOKENS):
 
 
 class _OnnxModel:
-    """Runs model.onnx with onnxruntime; same call shape as the torch model, returns logits."""
+    """Runs model.onnx with onnxruntime; same call shape as the torch model: logits, or with return_features
+    (logits, features) from the graph's second output."""
 
     def __init__(self, path, device, threads=None):
         import onnxruntime as ort
@@ -89,10 +91,20 @@ class _OnnxModel:
             self.session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as e:  # onnxruntime raises its own exception types for unreadable graphs
             raise CheckpointError(f"{path} is not a loadable ONNX graph ({e})") from None
+        self.path = path
+        self.outputs = {o.name for o in self.session.get_outputs()}
+        if "logits" not in self.outputs:
+            raise CheckpointError(f"{path} has no output named 'logits'")
 
-    def __call__(self, input_ids, attention_mask):
+    def __call__(self, input_ids, attention_mask, return_features=False):
         feed = {"input_ids": input_ids.cpu().numpy(), "attention_mask": attention_mask.cpu().numpy()}
-        return torch.from_numpy(self.session.run(["logits"], feed)[0])
+        if not return_features:
+            return torch.from_numpy(self.session.run(["logits"], feed)[0])
+        if "features" not in self.outputs:
+            raise CheckpointError(f"{self.path} has no 'features' output (an export made before this version): "
+                                  "export it again from the float checkpoint")
+        logits, features = self.session.run(["logits", "features"], feed)
+        return torch.from_numpy(logits), torch.from_numpy(features)
 
 
 class Predictor:
@@ -110,6 +122,7 @@ class Predictor:
         self.out_of_scope_score = getattr(config, "out_of_scope_score", "probability")
         self.out_of_scope_threshold = getattr(config, "out_of_scope_threshold", None)
         self.fallback_label = None
+        self.mahalanobis = None   # the fitted Mahalanobis score (out_of_scope_score "mahalanobis"), set by _load
         # multi-label: sigmoid probabilities, and every label at or over its threshold is predicted
         self.multi_label = bool(getattr(config, "multi_label", False))
         thresholds = getattr(config, "thresholds", None)
@@ -145,16 +158,27 @@ class Predictor:
                 raise CheckpointError(f"labels.json has {len(labels)} labels, config.json says {config.num_labels}")
             model = _OnnxModel(folder / ONNX_GRAPH, device, threads)
             tokenizer = load_tokenizer(folder / "tokenizer", config.embedding, config.normalization)
-            return cls(model, tokenizer, labels, config.max_length, "cpu", config=config)
-        model, tokenizer, labels = load_checkpoint(folder, device)
-        return cls(model, tokenizer, labels, config.max_length, device, config.precision, config)
+            predictor = cls(model, tokenizer, labels, config.max_length, "cpu", config=config)
+        else:
+            model, tokenizer, labels = load_checkpoint(folder, device)
+            predictor = cls(model, tokenizer, labels, config.max_length, device, config.precision, config)
+        if config.out_of_scope_score == "mahalanobis":
+            predictor.mahalanobis = Mahalanobis.load(folder / STATS_FILE, config.num_labels)
+        return predictor
 
-    def forward(self, inputs):
-        """Logits for encoded inputs, in this checkpoint's precision."""
+    @property
+    def needs_features(self):
+        """Whether answers() needs the features beside the logits: the reject score reads them and a threshold
+        is set."""
+        return self.out_of_scope_threshold is not None and self.out_of_scope_score == "mahalanobis"
+
+    def forward(self, inputs, return_features=False):
+        """Logits for encoded inputs, in this checkpoint's precision; with return_features, (logits, features)."""
+        extra = {"return_features": True} if return_features else {}
         if self.autocast:
             with torch.autocast(self.device.type, dtype=torch.bfloat16):
-                return self.model(**inputs)
-        return self.model(**inputs)
+                return self.model(**inputs, **extra)
+        return self.model(**inputs, **extra)
 
     def encode(self, texts):
         return {k: v.to(self.device) for k, v in self.tokenizer.encode(texts, self.max_length).items()}
@@ -170,50 +194,63 @@ class Predictor:
             return z.sigmoid().numpy()
         return (z / self.temperature).softmax(dim=-1).numpy()
 
-    def in_scope(self, logits):
-        """The score the reject option thresholds (higher = more in scope), one per row of logits."""
+    def in_scope(self, logits, features=None):
+        """The score the reject option thresholds (higher = more in scope), one per row of logits; the
+        Mahalanobis score reads the features (predict_logits(..., features=True)) instead."""
+        if self.out_of_scope_score == "mahalanobis":
+            if features is None or self.mahalanobis is None:
+                raise ValueError("the mahalanobis score needs the fitted statistics and the features of the texts "
+                                 "(predict_logits(..., features=True))")
+            return self.mahalanobis.score(features).astype(np.float32)
         z = torch.as_tensor(logits, dtype=torch.float32) / self.temperature
         if self.out_of_scope_score == "energy":
             return (self.temperature * torch.logsumexp(z, dim=-1)).numpy()
         return z.softmax(dim=-1).max(dim=-1).values.numpy()
 
     @torch.inference_mode()
-    def predict_logits(self, texts, batch_size=64, stats=None):
-        """Logits (N, num_labels) as float32 numpy.
+    def predict_logits(self, texts, batch_size=64, stats=None, features=False):
+        """Logits (N, num_labels) as float32 numpy; with features, (logits, features (N, F)): the input of the
+        classifier layer, which the Mahalanobis score reads.
 
         Texts are tokenized together (in chunks of TOKENIZE_CHUNK, by character length), then forwarded in
         passes of at most batch_size texts of similar token length (passes()), so that a long text does not
         pad short ones up to its length. stats, a dict, gets the work added to it: forward_passes, texts,
         tokens (not counting padding), padded_tokens (counting it), tokenize_ms, forward_ms."""
         texts = list(texts)
-        out = np.empty((len(texts), len(self.labels)), dtype=np.float32)
+        out = _Outputs(len(texts), len(self.labels), features)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         for start in range(0, len(texts), TOKENIZE_CHUNK):
             chunk = order[start: start + TOKENIZE_CHUNK]
             started = time.perf_counter()
             encoded = self.tokenizer.encode([texts[i] for i in chunk], self.max_length)
             self._add(stats, tokenize_ms=(time.perf_counter() - started) * 1e3)
-            out[chunk] = self.predict_encoded(encoded, batch_size, stats)
-        return out
+            out.put(chunk, self.predict_encoded(encoded, batch_size, stats, features))
+        return out.result(self.feature_dim)
+
+    @property
+    def feature_dim(self):
+        """Width of the features, where known without a forward pass (from the fitted score), else None."""
+        return None if self.mahalanobis is None else self.mahalanobis.dim
 
     @torch.inference_mode()
-    def predict_encoded(self, encoded, batch_size=64, stats=None):
+    def predict_encoded(self, encoded, batch_size=64, stats=None, features=False):
         """Logits (B, num_labels), float32 numpy, of texts already tokenized: encoded is tokenizer.encode()
-        output ({"input_ids", "attention_mask"}: (B, T), right-padded). Rows are forwarded in passes of similar
-        token length as in predict_logits (which calls this); stats as there."""
+        output ({"input_ids", "attention_mask"}: (B, T), right-padded); with features, (logits, features).
+        Rows are forwarded in passes of similar token length as in predict_logits (which calls this); stats as
+        there."""
         lengths = encoded["attention_mask"].sum(dim=1).tolist()
         by_length = sorted(range(len(lengths)), key=lengths.__getitem__)
-        out = np.empty((len(lengths), len(self.labels)), dtype=np.float32)
+        out = _Outputs(len(lengths), len(self.labels), features)
         for group in passes([lengths[i] for i in by_length], batch_size, self.pass_overhead_tokens):
             rows = [by_length[i] for i in group]
             width = max(lengths[i] for i in rows)
             inputs = {k: v[rows, :width].to(self.device) for k, v in encoded.items()}   # (b, width)
             started = time.perf_counter()
-            logits = self.forward(inputs)
-            out[rows] = logits.float().cpu().numpy()
+            result = self.forward(inputs, features)
+            out.put(rows, tuple(r.float().cpu().numpy() for r in result) if features else result.float().cpu().numpy())
             self._add(stats, forward_passes=1, texts=len(rows), tokens=sum(lengths[i] for i in rows),
                       padded_tokens=width * len(rows), forward_ms=(time.perf_counter() - started) * 1e3)
-        return out
+        return out.result(self.feature_dim)
 
     @staticmethod
     def _add(stats, **work):
@@ -231,9 +268,10 @@ class Predictor:
             results.append({"label": ranked[0]["label"], "score": ranked[0]["score"], "top_k": ranked})
         return results
 
-    def answers(self, logits, k):
+    def answers(self, logits, k, features=None):
         """top_k() of the logits' probabilities, with the reject option: where a threshold is set every answer
-        says "out_of_scope", and one below it has label None (or fallback_label) and keeps its scores.
+        says "out_of_scope", and one below it has label None (or fallback_label) and keeps its scores. features:
+        the texts' features, which the reject option needs where needs_features says so.
         Multi-label: {"labels": [{label, score}, ...] (every label at or over its threshold, highest first; maybe
         none), "top_k": [...]} per text."""
         if self.multi_label:
@@ -241,7 +279,7 @@ class Predictor:
         results = self.top_k(self.probabilities(logits), k)
         if self.out_of_scope_threshold is None:
             return results
-        for result, score in zip(results, self.in_scope(logits)):
+        for result, score in zip(results, self.in_scope(logits, features)):
             result["out_of_scope"] = bool(score < self.out_of_scope_threshold)
             if result["out_of_scope"]:
                 result["label"] = self.fallback_label
@@ -257,4 +295,34 @@ class Predictor:
         return results
 
     def predict(self, texts, top_k=1, batch_size=64):
+        if self.needs_features:
+            logits, features = self.predict_logits(texts, batch_size, features=True)
+            return self.answers(logits, top_k, features)
         return self.answers(self.predict_logits(texts, batch_size), top_k)
+
+
+class _Outputs:
+    """Rows of logits (and, when asked, of features) filled in any order; the features' width is learnt from the
+    first rows put."""
+
+    def __init__(self, n, num_labels, features):
+        self.logits = np.empty((n, num_labels), dtype=np.float32)
+        self.with_features = bool(features)
+        self.features = None
+
+    def put(self, rows, result):
+        if not self.with_features:
+            self.logits[rows] = result
+            return
+        logits, features = result
+        self.logits[rows] = logits
+        if self.features is None:
+            self.features = np.empty((len(self.logits), features.shape[1]), dtype=np.float32)
+        self.features[rows] = features
+
+    def result(self, dim=None):
+        if not self.with_features:
+            return self.logits
+        if self.features is None:   # no rows at all
+            self.features = np.empty((0, dim or 0), dtype=np.float32)
+        return self.logits, self.features

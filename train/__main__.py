@@ -72,7 +72,8 @@ def run(cfg, ranks):
     if (cfg.calibrate or cfg.multi_label) and data.valid and (Path(cfg.out) / "checkpoint-best").is_dir():
         from .calibrate import calibrate
         summary["calibration"] = calibrate(Path(cfg.out) / "checkpoint-best", data.valid, device,
-                                           cfg.target_precision or None, threshold=cfg.threshold or None)
+                                           cfg.target_precision or None, threshold=cfg.threshold or None,
+                                           fit_examples=data.train)
     if data.test:
         from textclf.predict import Predictor
         from .loop import evaluate_examples

@@ -7,8 +7,12 @@ checkpoint's config.json, which every variant and the handler read. Training run
 
 --target-precision P: the lowest threshold whose in-scope precision on valid (the accuracy of the answers it
 accepts) reaches P. --threshold X sets one by hand, --no-threshold removes it; --score chooses what is
-thresholded (probability: the calibrated top probability; energy: T * logsumexp(logits / T)).
-Without a valid file in DIR, the examples training held out of train are used (as train.optimize does).
+thresholded (probability: the calibrated top probability; energy: T * logsumexp(logits / T); mahalanobis: minus
+the squared Mahalanobis distance of the classifier layer's input to the nearest class mean, fitted on up to
+--fit-texts texts of DIR's train split and stored as out_of_scope.safetensors; auto: mahalanobis for transformer
+checkpoints, energy for word-embedding ones).
+Without a valid file in DIR, the examples training held out of train are used (as train.optimize does), and
+the Mahalanobis score is fitted on the rest.
 A multi-label checkpoint gets per-label decision thresholds instead (each label's best F1 on valid, or
 --threshold for all): they are its reject rule, a text over none of them has no label.
 """
@@ -16,6 +20,7 @@ import argparse
 import json
 import logging
 import os
+import random
 import sys
 from pathlib import Path
 
@@ -25,14 +30,21 @@ from textclf.checkpoint import check_folder, readable
 from textclf.config import OUT_OF_SCOPE_SCORES, ModelConfig
 from textclf.data import COLUMNS, label_set
 from textclf.errors import CheckpointError, DataError
+from textclf.mahalanobis import STATS_FILE, Mahalanobis
 from textclf.predict import Predictor
 
 from .calibration import ece, fit_temperature, nll, softmax, threshold_for_precision
 
 log = logging.getLogger("train.calibrate")
-# --score auto: the better served score in benchmarks/open_set.py for MiniLM and the GloVe CNN alike (mean near and
-# far AUROC and near FPR@95 over the 21 leave-two-out pairs of Snips, results/open-set/)
-AUTO_SCORE = "energy"
+# --score auto, by embedding: the best served score in benchmarks/open_set.py (mean near and far AUROC and near
+# FPR@95 over the 21 leave-two-out pairs of Snips, results/open-set/): Mahalanobis for MiniLM, energy for the GloVe
+# CNN (whose Mahalanobis score is far worse)
+AUTO_SCORES = {"transformer": "mahalanobis", "glove": "energy", "random": "energy"}
+FIT_TEXTS = 20000   # training texts (a seeded sample of them beyond this) the Mahalanobis score is fitted on
+
+
+def auto_score(config):
+    return AUTO_SCORES[config.embedding]
 
 
 def parse_args(argv):
@@ -47,28 +59,41 @@ def parse_args(argv):
     rule.add_argument("--threshold", type=float, help="set the threshold by hand (on the --score scale)")
     rule.add_argument("--no-threshold", action="store_true", help="remove the threshold: every answer in scope")
     p.add_argument("--score", choices=("auto",) + OUT_OF_SCOPE_SCORES, default="auto",
-                   help="what the threshold applies to; auto: energy (the better of the two for MiniLM and the GloVe "
-                        "CNN alike over results/open-set's 21 leave-two-out pairs)")
+                   help="what the threshold applies to; auto: mahalanobis for transformer checkpoints, energy for "
+                        "word-embedding ones (the best for each over results/open-set's 21 leave-two-out pairs)")
+    p.add_argument("--fit-texts", type=int, default=FIT_TEXTS,
+                   help="--score mahalanobis: at most this many training texts (a seeded sample) to fit it on")
     p.add_argument("--keep-temperature", action="store_true", help="fit nothing; only set the threshold")
     args = p.parse_args(argv)
     if args.target_precision is not None and not 0 < args.target_precision <= 1:
         p.error("--target-precision must be in (0, 1]")
+    if args.fit_texts < 1:
+        p.error("--fit-texts must be at least 1")
     return args
 
 
 def calibrate(folder, examples, device="cpu", target_precision=None, score="auto", threshold=None,
-              keep_threshold=True, fit=True):
+              keep_threshold=True, fit=True, fit_examples=None, fit_texts=FIT_TEXTS):
     """Fit the temperature (fit) and choose the threshold on `examples`, write them into folder/config.json
-    -> a summary {temperature, nll/ece before and after, threshold, coverage, ...}."""
+    -> a summary {temperature, nll/ece before and after, threshold, coverage, ...}. fit_examples: the training
+    examples a Mahalanobis score is fitted on (at most fit_texts of them)."""
     folder = readable(folder)
     config = check_folder(folder)
     if config.multi_label:
         return tune_thresholds(folder, config, examples, device, threshold)
-    score = AUTO_SCORE if score == "auto" else score
+    score = auto_score(config) if score == "auto" else score
+    setting = target_precision is not None or threshold is not None
     predictor = Predictor.from_checkpoint(folder, device, cuda_precision="fp32")
     index = {label: i for i, label in enumerate(predictor.labels)}
+    if setting and score == "mahalanobis":
+        if not fit_examples:
+            raise ValueError("the mahalanobis score is fitted on training examples: pass fit_examples")
+        predictor.mahalanobis = fit_mahalanobis(predictor, fit_examples, fit_texts)
+        predictor.mahalanobis.save(folder / STATS_FILE)
     gold = np.array([index[e.label] for e in examples])
-    logits = predictor.predict_logits([e.text for e in examples])
+    with_features = (setting and score == "mahalanobis") or config.out_of_scope_score == "mahalanobis"
+    logits, features = predictor.predict_logits([e.text for e in examples], features=True) if with_features \
+        else (predictor.predict_logits([e.text for e in examples]), None)
     temperature = fit_temperature(logits, gold) if fit else config.temperature
     predictor.temperature = temperature
     probs = predictor.probabilities(logits)
@@ -79,16 +104,20 @@ def calibrate(folder, examples, device="cpu", target_precision=None, score="auto
     config.temperature = temperature
     if target_precision is not None:
         predictor.out_of_scope_score = score
-        threshold = threshold_for_precision(predictor.in_scope(logits), probs.argmax(1) == gold, target_precision)
+        threshold = threshold_for_precision(predictor.in_scope(logits, features), probs.argmax(1) == gold,
+                                            target_precision)
         if threshold is None:
             log.warning("no threshold reaches precision %s on these %d examples: none set", target_precision,
                         len(examples))
         summary["target_precision"] = target_precision
-    if target_precision is not None or threshold is not None or not keep_threshold:
+    if setting:
         config.out_of_scope_score, config.out_of_scope_threshold = score, threshold
+    elif not keep_threshold:
+        config.out_of_scope_threshold = None
     if config.out_of_scope_threshold is not None:
-        predictor.out_of_scope_score, predictor.out_of_scope_threshold = score, config.out_of_scope_threshold
-        accepted = predictor.in_scope(logits) >= config.out_of_scope_threshold
+        predictor.out_of_scope_score = config.out_of_scope_score
+        predictor.out_of_scope_threshold = config.out_of_scope_threshold
+        accepted = predictor.in_scope(logits, features) >= config.out_of_scope_threshold
         right = probs.argmax(1) == gold
         summary.update(coverage=float(accepted.mean()),
                        accepted_precision=float(right[accepted].mean()) if accepted.any() else None)
@@ -98,6 +127,20 @@ def calibrate(folder, examples, device="cpu", target_precision=None, score="auto
              "threshold %s", folder, len(examples), temperature, summary["nll_before"], summary["nll_after"],
              summary["ece_before"], summary["ece_after"], config.out_of_scope_threshold)
     return summary
+
+
+def fit_mahalanobis(predictor, examples, limit=FIT_TEXTS):
+    """The Mahalanobis score fitted on the features of (a seeded sample of at most `limit` of) examples."""
+    if len(examples) > limit:
+        examples = random.Random(0).sample(list(examples), limit)
+    index = {label: i for i, label in enumerate(predictor.labels)}
+    _, features = predictor.predict_logits([e.text for e in examples], features=True)
+    try:
+        stats = Mahalanobis.fit(features, [index[e.label] for e in examples], len(predictor.labels))
+    except ValueError as e:
+        raise CheckpointError(f"cannot fit the mahalanobis score: {e} among the {len(examples)} training texts") from None
+    log.info("fitted the mahalanobis score on %d training texts (%d features)", len(examples), stats.dim)
+    return stats
 
 
 def tune_thresholds(folder, config, examples, device="cpu", threshold=None):
@@ -135,21 +178,32 @@ def write_config(folder, config):
     os.replace(tmp, Path(folder) / "config.json")
 
 
+def check_labels(path, examples, labels):
+    for e in examples:
+        for label in label_set(e):
+            if label not in labels:
+                raise DataError(path, e.line, f"label {label!r} is not one of the checkpoint's labels")
+
+
 def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    from .optimize import valid_split
+    from .optimize import train_split, valid_split
     try:
         folder = readable(args.checkpoint)
-        check_folder(folder)
+        config = check_folder(folder)
         path, examples = valid_split(args.data, args.split, args.columns, folder)
         labels = set(json.loads((folder / "labels.json").read_text(encoding="utf-8")))
-        for e in examples:
-            for label in label_set(e):
-                if label not in labels:
-                    raise DataError(path, e.line, f"label {label!r} is not one of the checkpoint's labels")
+        check_labels(path, examples, labels)
+        fit_examples = None
+        score = auto_score(config) if args.score == "auto" else args.score
+        if not config.multi_label and score == "mahalanobis" and (args.target_precision is not None
+                                                                  or args.threshold is not None):
+            fit_path, fit_examples = train_split(args.data, args.columns, folder)
+            check_labels(fit_path, fit_examples, labels)
         summary = calibrate(folder, examples, args.device, args.target_precision, args.score,
-                            args.threshold, keep_threshold=not args.no_threshold, fit=not args.keep_temperature)
+                            args.threshold, keep_threshold=not args.no_threshold, fit=not args.keep_temperature,
+                            fit_examples=fit_examples, fit_texts=args.fit_texts)
     except (DataError, CheckpointError) as e:
         log.error("%s", e)
         return 2

@@ -22,6 +22,7 @@ import torch
 from textclf.checkpoint import (ONNX_GRAPH, WEIGHTS, built_beside, check_folder, load_checkpoint, readable,
                                 save_checkpoint)
 from textclf.embeddings import remove_layers
+from textclf.mahalanobis import STATS_FILE
 from textclf.errors import CheckpointError
 from textclf.machine import cpu_flags
 from textclf.predict import Predictor
@@ -80,8 +81,20 @@ def has_bf16(flags=None):
     return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
+class _WithFeatures(torch.nn.Module):
+    """The model with two outputs, logits and the classifier layer's input: what the graph returns."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        return self.model(input_ids, attention_mask, return_features=True)
+
+
 def export_onnx(model, tokenizer, out, opset):
-    """Trace the model to out/model.onnx with dynamic batch and sequence axes."""
+    """Trace the model to out/model.onnx with dynamic batch and sequence axes; outputs logits and features (the
+    classifier layer's input, which the Mahalanobis out-of-scope score reads)."""
     import warnings
     enc = tokenizer.encode(CHECK_TEXTS[:2], model.config.max_length)
     if model.config.embedding == "transformer":
@@ -91,10 +104,10 @@ def export_onnx(model, tokenizer, out, opset):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            model, (enc["input_ids"], enc["attention_mask"]), str(out / "model.onnx"), dynamo=False,
-            input_names=["input_ids", "attention_mask"], output_names=["logits"], opset_version=opset,
+            _WithFeatures(model), (enc["input_ids"], enc["attention_mask"]), str(out / "model.onnx"), dynamo=False,
+            input_names=["input_ids", "attention_mask"], output_names=["logits", "features"], opset_version=opset,
             dynamic_axes={"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "sequence"},
-                          "logits": {0: "batch"}})
+                          "logits": {0: "batch"}, "features": {0: "batch"}})
 
 
 class quiet_logs:
@@ -174,6 +187,12 @@ def run(args):
         kept = [i for i in range(before) if i not in set(config.removed_layers)]
         remove_layers(model.backbone, drop)
         config.removed_layers = sorted(config.removed_layers + [kept[i] for i in drop])
+        if config.out_of_scope_score == "mahalanobis":
+            # the Mahalanobis score was fitted on the features of all the layers: it does not hold for fewer
+            log.warning("removing layers changes the features %s's mahalanobis out-of-scope score was fitted on: "
+                        "the export has no out-of-scope threshold. Fit one on it with `python -m train.calibrate "
+                        "--checkpoint %s --data DIR --target-precision P`", src, out)
+            config.out_of_scope_score, config.out_of_scope_threshold = "probability", None
     if args.bf16:
         if not has_bf16():
             log.warning("this CPU has no AVX-512 BF16 or AMX: bf16 runs emulated here, likely slower than fp32")
@@ -184,6 +203,8 @@ def run(args):
     # built beside --out and swapped in only when complete and checked: a failure leaves no half export
     with built_beside(out, ".export") as stage:
         save_checkpoint(stage, model, tokenizer, labels, meta)
+        if config.out_of_scope_score == "mahalanobis":   # the fitted score travels with the model it was fitted on
+            shutil.copyfile(readable(src) / STATS_FILE, stage / STATS_FILE)
         if args.onnx:
             export_onnx(model.eval(), tokenizer, stage, args.opset)
             if args.fuse:

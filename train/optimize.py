@@ -119,6 +119,16 @@ def valid_split(data, split, columns, src):
     return path, dataset.valid
 
 
+def train_split(data, columns, src):
+    """(path, examples) training fitted on: the train file, less the valid examples it held out of it when the
+    data folder has no valid file (rebuilt from train_args.json as in valid_split)."""
+    from .data import load_dataset
+    settings = json.loads((src / "train_args.json").read_text()) if (src / "train_args.json").is_file() else {}
+    dataset = load_dataset(data, columns, settings.get("valid_fraction", 0.1), settings.get("seed", 42),
+                           skip_empty=settings.get("skip_empty", False))
+    return find_split(data, "train", True), dataset.train
+
+
 def check_out(src, out):
     """--out may be a new folder or an earlier result of this command; never the checkpoint, inside it, above it
     or another folder that would be replaced."""
