@@ -3,13 +3,15 @@ made in this test run: GloVe (a text file) + CNN, random + DenseNet-DSA, tiny BE
 of the tiny BERT + CLS model (ONNX Runtime int8 of the fused graph, plain ONNX, and PyTorch bf16), and a
 RoBERTa sequence classifier with a byte-level BPE tokenizer imported from a Hugging Face folder. Every one
 answers as the in-process Predictor does (the imported one as transformers does), and refuses a bad request
-without harm. The same handler serves them all, with no per-variant branches.
+without harm. Two of them (the ONNX export and the tiny BERT + CNN) carry a Mahalanobis out-of-scope threshold
+that rejects half of the test texts, so their features travel through the served path too. The same handler serves them all, with no per-variant branches.
 """
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from conftest import PROBE_TEXTS, train_args
+from test_mahalanobis import reject_half
 from textclf.predict import Predictor
 from tsutil import torchserve
 
@@ -54,9 +56,10 @@ def checkpoints(tmp_path_factory, toy_data_dir, tiny_bert_dir, tiny_ckpt, glove_
         "random-dsa": train(toy_data_dir, base / "random-dsa", "random", "densenet-dsa",
                             ["--embedding-dim", "16", "--densenet-layers", "2", "--densenet-growth", "8",
                              "--dsa-iterations", "2"]),
-        "bert-cnn": train(toy_data_dir, base / "bert-cnn", tiny_bert_dir, "cnn", ["--num-filters", "8"]),
+        "bert-cnn": reject_half(train(toy_data_dir, base / "bert-cnn-trained", tiny_bert_dir, "cnn",
+                                      ["--num-filters", "8"]), base / "bert-cnn", toy_data_dir, TEXTS),
         "bert-int8": exported(tiny_ckpt, "--fuse", "--int8"),
-        "bert-onnx": exported(tiny_ckpt, "--onnx"),
+        "bert-onnx": reject_half(exported(tiny_ckpt, "--onnx"), base / "bert-onnx", toy_data_dir, TEXTS),
         "bert-bf16": exported(tiny_ckpt, "--bf16"),
         "roberta-hf": imported_roberta(base, minilm_dir),
     }
@@ -89,7 +92,7 @@ def test_every_model_is_registered_with_one_ready_worker(server, checkpoints):
 
 
 def assert_same(answer, expected, atol=1e-4):
-    assert answer["label"] == expected["label"]
+    assert answer["label"] == expected["label"] and answer.get("out_of_scope") == expected.get("out_of_scope")
     assert answer["score"] == pytest.approx(expected["score"], abs=atol)
     assert {x["label"]: x["score"] for x in answer["top_k"]} == pytest.approx(
         {x["label"]: x["score"] for x in expected["top_k"]}, abs=atol)
@@ -111,6 +114,8 @@ def test_answers_equal_the_in_process_predictor(server, predictors, name):
         # Sent together, so the worker also runs padded batches of mixed lengths.
         with ThreadPoolExecutor(max_workers=4) as pool:
             responses = list(pool.map(send, TEXTS))
+    if name in ("bert-onnx", "bert-cnn"):   # half of the texts below the Mahalanobis threshold
+        assert 0 < sum(w["out_of_scope"] for w in expected) < len(TEXTS)
     for text, r, want in zip(TEXTS, responses, expected):
         assert r.status_code == 200, (name, text, r.text)
         answer = r.json()
