@@ -216,3 +216,34 @@ def test_calibrate_fits_on_the_training_texts_only(served, toy_data_dir, tmp_pat
     index = {label: i for i, label in enumerate(predictor.labels)}
     expected = Mahalanobis.fit(features, [index[e.label] for e in kept], len(predictor.labels))
     np.testing.assert_allclose(predictor.mahalanobis.means, expected.means, rtol=1e-5, atol=1e-6)
+
+
+def test_evaluate_reports_what_the_threshold_answers(served, toy_data_dir, tmp_path, capsys):
+    from textclf.data import read_examples
+    from train.evaluate import main as evaluate
+    assert evaluate(["--checkpoint", str(served), "--data", str(toy_data_dir), "--split", "valid",
+                     "--out", str(tmp_path), "--latency-examples", "2"]) == 0
+    assert "(mahalanobis):" in capsys.readouterr().out
+    reported = json.loads((tmp_path / "eval-checkpoint-valid.json").read_text())["calibration"]
+    texts = [e.text for e in read_examples(toy_data_dir / "valid.txt")[0]]
+    answered = [not a["out_of_scope"] for a in Predictor.from_checkpoint(served).predict(texts)]
+    assert reported["out_of_scope_score"] == "mahalanobis"
+    assert reported["coverage"] == pytest.approx(sum(answered) / len(texts))
+
+
+def test_optimize_fits_the_chosen_int8_variant_on_its_own_features(served, toy_data_dir, tmp_path, monkeypatch):
+    from train import optimize
+    # whichever is faster on this CPU, take the int8 row: that is the case to check
+    monkeypatch.setattr(optimize, "choose", lambda rows, tolerance: next(r for r in rows if r["name"] == "onnx-int8"))
+    out = tmp_path / "chosen"
+    assert optimize.main(["--checkpoint", str(served), "--data", str(toy_data_dir), "--out", str(out),
+                          "--candidates", "fp32,onnx-int8", "--latency-examples", "2", "--threads", "1"]) == 0
+    report = json.loads((out / "optimize.json").read_text())
+    variant, source = Predictor.from_checkpoint(out), Predictor.from_checkpoint(served)
+    assert variant.out_of_scope_threshold == source.out_of_scope_threshold and variant.precision == "fp32"
+    assert not np.allclose(variant.mahalanobis.means, source.mahalanobis.means)   # its own statistics
+    from textclf.data import read_examples
+    texts = [e.text for e in read_examples(toy_data_dir / "valid.txt")[0]]
+    answered = np.mean([not a["out_of_scope"] for a in variant.predict(texts)])
+    assert report["out_of_scope"]["valid_coverage"] == pytest.approx(answered)
+    assert "fitted on its own features" in (out / "optimize.md").read_text()

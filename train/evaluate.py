@@ -66,12 +66,16 @@ def evaluate(predictor, examples, path):
                 raise DataError(path, e.line, f"label {label!r} is not one of the checkpoint's labels")
     if predictor.multi_label:
         return evaluate_multi_label(predictor, examples, index)
-    logits = predictor.predict_logits([e.text for e in examples])
+    features = None
+    if predictor.needs_features:
+        logits, features = predictor.predict_logits([e.text for e in examples], features=True)
+    else:
+        logits = predictor.predict_logits([e.text for e in examples])
     probs = predictor.probabilities(logits)
     pred = probs.argmax(axis=1)
     gold = [index[e.label] for e in examples]
     result = scores(gold, pred, predictor.labels)
-    result["calibration"] = calibration_scores(predictor, logits, gold)
+    result["calibration"] = calibration_scores(predictor, logits, gold, features)
     wrong = [i for i, e in enumerate(examples) if pred[i] != index[e.label]]
     wrong.sort(key=lambda i: -probs[i, pred[i]])
     errors = [{"line": examples[i].line, "text": examples[i].text, "gold": examples[i].label,
@@ -99,18 +103,19 @@ def evaluate_multi_label(predictor, examples, index):
     return result, errors
 
 
-def calibration_scores(predictor, logits, gold):
+def calibration_scores(predictor, logits, gold, features=None):
     """ECE (15 bins) and NLL at T = 1 and at the checkpoint's temperature; with a reject threshold, the share
-    of texts answered (coverage) and the accuracy of those answers."""
+    of texts answered (coverage) and the accuracy of those answers (features: for a score that reads them)."""
     from .calibration import ece, nll, softmax
     before, after = ece(softmax(logits), gold), ece(predictor.probabilities(logits), gold)
     out = {"temperature": predictor.temperature, "ece_before": before[0], "ece_after": after[0],
            "nll_before": nll(logits, gold), "nll_after": nll(logits, gold, predictor.temperature),
            "bins_before": before[1], "bins_after": after[1]}
     if predictor.out_of_scope_threshold is not None:
-        accepted = predictor.in_scope(logits) >= predictor.out_of_scope_threshold
+        accepted = predictor.in_scope(logits, features) >= predictor.out_of_scope_threshold
         right = predictor.probabilities(logits).argmax(1) == np.asarray(gold)
-        out.update(out_of_scope_threshold=predictor.out_of_scope_threshold, coverage=float(accepted.mean()),
+        out.update(out_of_scope_score=predictor.out_of_scope_score,
+                   out_of_scope_threshold=predictor.out_of_scope_threshold, coverage=float(accepted.mean()),
                    accepted_accuracy=float(right[accepted].mean()) if accepted.any() else None)
     return out
 
@@ -139,7 +144,8 @@ def report(result, speed, labels):
     lines.append(f"ECE (15 bins) {c['ece_before']:.4f} at T = 1 -> {c['ece_after']:.4f} at T = {c['temperature']:.3f}; "
                  f"NLL {c['nll_before']:.4f} -> {c['nll_after']:.4f}")
     if "coverage" in c:
-        lines.append(f"out-of-scope threshold {c['out_of_scope_threshold']:.4f}: {c['coverage']:.1%} of texts answered, "
+        lines.append(f"out-of-scope threshold {c['out_of_scope_threshold']:.4f} ({c['out_of_scope_score']}): "
+                     f"{c['coverage']:.1%} of texts answered, "
                      f"accuracy of those {c['accepted_accuracy']:.4f}")
     lines.append(f"{speed['ms_per_example_batch1']:.2f} ms/example at batch 1 (median), "
                  f"{speed['examples_per_second_batch32']:.1f} examples/s at batch 32")

@@ -212,6 +212,13 @@ def run(args):
                 config.onnx_fusions = True
             if args.int8:
                 config.quantization = quantization_name(args)
+                if config.out_of_scope_score == "mahalanobis" and config.out_of_scope_threshold is not None:
+                    log.warning("int8 moves the features the mahalanobis out-of-scope score reads: with the "
+                                "statistics of %s the threshold answers fewer texts here (README). To fit them on "
+                                "this variant's own features and keep the threshold: `python -m train.calibrate "
+                                "--checkpoint %s --data DIR --score mahalanobis --threshold %s --keep-temperature` "
+                                "(train.optimize does this for the variant it chooses)", src, out,
+                                config.out_of_scope_threshold)
                 onnx_step("quantize", quantize_onnx, stage / ONNX_GRAPH, args.int8_scheme == "per-channel",
                           config.quantization.endswith("-7bit"))
             config.runtime = "onnx"
