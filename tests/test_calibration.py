@@ -9,7 +9,7 @@ import pytest
 from conftest import PROBE_TEXTS, run_failing_cli
 from test_handler import JSON, handle, start
 from textclf.config import ModelConfig
-from textclf.mahalanobis import STATS_FILE
+from textclf.checkpoint import STATS_FILE
 from textclf.predict import Predictor
 from train.calibrate import main as calibrate
 from train.calibration import (coverage_curve, ece, fit_temperature, in_scope_score, nll, open_set_metrics, softmax,

@@ -11,9 +11,9 @@ import torch
 from conftest import PROBE_TEXTS
 from test_bulk_predict import read_jsonl, run_bulk, sample_texts, write_lines
 from test_import_hf import imported  # noqa: F401 (a fixture)
-from textclf.checkpoint import check_folder, load_checkpoint
+from textclf.checkpoint import STATS_FILE, check_folder, load_checkpoint
 from textclf.errors import CheckpointError
-from textclf.mahalanobis import RIDGE, STATS_FILE, Mahalanobis
+from textclf.mahalanobis import RIDGE, Mahalanobis
 from textclf.predict import Predictor
 from train.calibrate import main as calibrate
 

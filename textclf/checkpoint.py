@@ -18,12 +18,12 @@ import torch
 from .config import ModelConfig, check_max_length, load_labels, read_json, save_labels
 from .embeddings import TransformerEmbedding
 from .errors import CheckpointError
-from .mahalanobis import STATS_FILE
 from .model import SequenceClassifier, TextClassifier
 from .tokenization import load_tokenizer
 
 log = logging.getLogger(__name__)
 WEIGHTS, ONNX_GRAPH = "model.safetensors", "model.onnx"
+STATS_FILE = "out_of_scope.safetensors"   # the Mahalanobis out-of-scope score's statistics (textclf/mahalanobis.py)
 
 
 def required_files(config):

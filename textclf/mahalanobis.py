@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from .checkpoint import read_weights
 from .errors import CheckpointError
 
-STATS_FILE = "out_of_scope.safetensors"
 RIDGE = 1e-6   # added to the covariance's diagonal: features that never vary still give a finite precision
 
 
@@ -72,7 +72,6 @@ class Mahalanobis:
 
     @classmethod
     def load(cls, path, num_labels):
-        from .checkpoint import read_weights
         tensors = read_weights(path)
         if set(tensors) != {"means", "precision"}:
             raise CheckpointError(f"{path} must hold exactly the tensors 'means' and 'precision', got "

@@ -7,10 +7,10 @@ import time
 import numpy as np
 import torch
 
-from .checkpoint import ONNX_GRAPH, check_folder, load_checkpoint, readable
+from .checkpoint import ONNX_GRAPH, STATS_FILE, check_folder, load_checkpoint, readable
 from .config import load_labels
 from .errors import CheckpointError
-from .mahalanobis import STATS_FILE, Mahalanobis
+from .mahalanobis import Mahalanobis
 from .tokenization import load_tokenizer
 
 log = logging.getLogger(__name__)

@@ -26,11 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
-from textclf.checkpoint import check_folder, readable
+from textclf.checkpoint import STATS_FILE, check_folder, readable
 from textclf.config import OUT_OF_SCOPE_SCORES, ModelConfig
 from textclf.data import COLUMNS, label_set
 from textclf.errors import CheckpointError, DataError
-from textclf.mahalanobis import STATS_FILE, Mahalanobis
+from textclf.mahalanobis import Mahalanobis
 from textclf.predict import Predictor
 
 from .calibration import ece, fit_temperature, nll, softmax, threshold_for_precision

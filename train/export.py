@@ -19,10 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from textclf.checkpoint import (ONNX_GRAPH, WEIGHTS, built_beside, check_folder, load_checkpoint, readable,
+from textclf.checkpoint import (ONNX_GRAPH, STATS_FILE, WEIGHTS, built_beside, check_folder, load_checkpoint, readable,
                                 save_checkpoint)
 from textclf.embeddings import remove_layers
-from textclf.mahalanobis import STATS_FILE
 from textclf.errors import CheckpointError
 from textclf.machine import cpu_flags
 from textclf.predict import Predictor
