@@ -116,7 +116,9 @@ def test_a_hugging_face_head_gives_the_input_of_its_last_linear_layer(imported, 
 def test_answers_follow_the_score_and_the_threshold(served):
     predictor = Predictor.from_checkpoint(served)
     texts = sample_texts(60)
+    threads = torch.get_num_threads()
     answers = predictor.predict(texts, top_k=2)
+    assert torch.get_num_threads() == threads   # the score runs on one thread, then gives the others back
     scores = predictor.in_scope(*predictor.predict_logits(texts, features=True))
     assert [a["out_of_scope"] for a in answers] == list(scores < predictor.out_of_scope_threshold)
     assert 0 < sum(a["out_of_scope"] for a in answers) < len(texts)

@@ -11,6 +11,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from .checkpoint import read_weights
 from .errors import CheckpointError
@@ -25,9 +26,12 @@ class Mahalanobis:
         # d_c(f) = (f - m_c)^T P (f - m_c) = |f L - m_c L|^2 with P = L L^T (P is symmetric, positive semi-definite)
         values, vectors = np.linalg.eigh((precision + precision.T) / 2)
         self.means, self.precision = means, precision
-        self.factor = vectors * np.sqrt(np.clip(values, 0, None))        # (F, F)
-        projected = means @ self.factor                                   # (C, F)
-        self._means_projected, self._means_norm = projected, (projected ** 2).sum(axis=1)
+        # Scored by torch on one thread: numpy's BLAS threads (or torch's pool) spinning after the product took the
+        # cores from the model's next forward pass; one thread does it in well under a millisecond for a batch, and
+        # ONNX Runtime int8 then served the same throughput with and without the score (BENCHMARKS.md)
+        self.factor = torch.from_numpy(vectors * np.sqrt(np.clip(values, 0, None)))    # (F, F)
+        projected = torch.from_numpy(means) @ self.factor                              # (C, F)
+        self._means_projected, self._means_norm = projected, projected.square().sum(dim=1)
 
     @property
     def dim(self):
@@ -49,9 +53,14 @@ class Mahalanobis:
 
     def distances(self, features):
         """Squared Mahalanobis distance of each row of features to each class mean (N, C)."""
-        g = np.asarray(features, dtype=np.float64) @ self.factor
-        d = (g ** 2).sum(axis=1, keepdims=True) - 2 * g @ self._means_projected.T + self._means_norm
-        return np.clip(d, 0, None)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            g = torch.as_tensor(np.asarray(features), dtype=torch.float64) @ self.factor
+            d = g.square().sum(dim=1, keepdim=True) - 2 * g @ self._means_projected.T + self._means_norm
+            return d.clamp(min=0).numpy()
+        finally:
+            torch.set_num_threads(threads)
 
     def score(self, features):
         """Minus the squared distance to the nearest class mean (N,): higher = more in scope."""
@@ -62,7 +71,6 @@ class Mahalanobis:
 
     def save(self, path):
         """Written beside and renamed into place: a reader sees the old file or the new one."""
-        import torch
         from safetensors.torch import save_file
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")

@@ -188,7 +188,7 @@ def check_labels(path, examples, labels):
 def main(argv=None):
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    from .optimize import train_split, valid_split
+    from .data import train_split, valid_split
     try:
         folder = readable(args.checkpoint)
         config = check_folder(folder)

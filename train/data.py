@@ -2,10 +2,12 @@
 checked across splits. Reading the files (the data format) is textclf.data's.
 """
 import dataclasses
+import json
 import logging
 import random
 from collections import Counter
 
+from textclf.checkpoint import check_folder
 from textclf.data import find_split, label_set, read_examples
 from textclf.errors import DataError
 
@@ -71,3 +73,35 @@ def _warn_if_joined(path, examples, separator):
 def label_counts(examples):
     """Examples per label; a multi-label example counts once for each of its labels."""
     return Counter(label for e in examples for label in label_set(e))
+
+
+# ---- the splits a trained checkpoint is measured, calibrated and fitted on (train.optimize, train.calibrate)
+
+def _train_args(src):
+    return json.loads((src / "train_args.json").read_text()) if (src / "train_args.json").is_file() else {}
+
+
+def valid_split(data, split, columns, src):
+    """(path, examples) of checkpoint src's split that accuracy is measured on. Without a SPLIT file in the data folder (data
+    with no valid file), the valid examples training held out of train, rebuilt from train_args.json."""
+    path = find_split(data, split, split != "valid")
+    settings = _train_args(src)
+    multi = {"multi_label": check_folder(src).multi_label, "separator": settings.get("label_separator", ","),
+             "allow_no_label": settings.get("allow_no_label", False)}
+    if path is not None:
+        return path, read_examples(path, columns, **multi)[0]
+    dataset = load_dataset(data, columns, settings.get("valid_fraction", 0.1), settings.get("seed", 42),
+                           skip_empty=settings.get("skip_empty", False), **multi)
+    path = find_split(data, "train", True)
+    log.info("no valid file in %s: using the %d examples training held out of %s (valid_fraction %s, seed %s)",
+             data, len(dataset.valid), path.name, settings.get("valid_fraction", 0.1), settings.get("seed", 42))
+    return path, dataset.valid
+
+
+def train_split(data, columns, src):
+    """(path, examples) checkpoint src was trained on: the train file, less the valid examples training held out
+    of it when the data folder has no valid file (rebuilt from train_args.json as in valid_split)."""
+    settings = _train_args(src)
+    dataset = load_dataset(data, columns, settings.get("valid_fraction", 0.1), settings.get("seed", 42),
+                           skip_empty=settings.get("skip_empty", False))
+    return find_split(data, "train", True), dataset.train

@@ -21,11 +21,12 @@ import torch
 
 from textclf.checkpoint import _swap_in, check_folder, readable
 from textclf.config import read_model_config
-from textclf.data import COLUMNS, find_split, read_examples
+from textclf.data import COLUMNS
 from textclf.errors import CheckpointError, DataError
 from textclf.machine import cpu_flags, machine
 from textclf.predict import Predictor, worker_threads
 
+from .data import train_split, valid_split
 from .evaluate import evaluate, measure_speed
 from .export import has_bf16, has_vnni
 
@@ -99,34 +100,6 @@ def build(name, src, folder):
     if status:
         raise CheckpointError(f"export failed (exit status {status}; its error is logged above)")
     return folder
-
-
-def valid_split(data, split, columns, src):
-    """(path, examples) of the split accuracy is measured on. Without a SPLIT file in the data folder (data
-    with no valid file), the valid examples training held out of train, rebuilt from train_args.json."""
-    path = find_split(data, split, split != "valid")
-    settings = json.loads((src / "train_args.json").read_text()) if (src / "train_args.json").is_file() else {}
-    multi = {"multi_label": check_folder(src).multi_label, "separator": settings.get("label_separator", ","),
-             "allow_no_label": settings.get("allow_no_label", False)}
-    if path is not None:
-        return path, read_examples(path, columns, **multi)[0]
-    from .data import load_dataset
-    dataset = load_dataset(data, columns, settings.get("valid_fraction", 0.1), settings.get("seed", 42),
-                           skip_empty=settings.get("skip_empty", False), **multi)
-    path = find_split(data, "train", True)
-    log.info("no valid file in %s: using the %d examples training held out of %s (valid_fraction %s, seed %s)",
-             data, len(dataset.valid), path.name, settings.get("valid_fraction", 0.1), settings.get("seed", 42))
-    return path, dataset.valid
-
-
-def train_split(data, columns, src):
-    """(path, examples) training fitted on: the train file, less the valid examples it held out of it when the
-    data folder has no valid file (rebuilt from train_args.json as in valid_split)."""
-    from .data import load_dataset
-    settings = json.loads((src / "train_args.json").read_text()) if (src / "train_args.json").is_file() else {}
-    dataset = load_dataset(data, columns, settings.get("valid_fraction", 0.1), settings.get("seed", 42),
-                           skip_empty=settings.get("skip_empty", False))
-    return find_split(data, "train", True), dataset.train
 
 
 def check_out(src, out):
