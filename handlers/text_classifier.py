@@ -156,14 +156,14 @@ class TextClassifierHandler(BaseHandler):
         return parsed
 
     def _classify(self, requests, stats):
-        """{position: (logits (n_texts, num_labels), features (n_texts, F) or None) or Failure} for
+        """{position: (logits (n_texts, num_labels), in-scope scores (n_texts,) or None) or Failure} for
         [(position, Request)]: one shared run in bounded forward passes; if that raises, each request alone.
-        The features (the classifier layer's input) come only where the reject score reads them."""
+        The scores (Predictor.scored_logits) come only where the model has a reject threshold."""
         if not requests:
             return {}
         texts = [t for _, r in requests for t in r.texts]
         try:
-            logits, features = self._predict(texts, stats)
+            logits, scores = self._predict(texts, stats)
         except Exception as e:
             if len(requests) == 1:
                 log.error("request %d: the forward pass raised %s", requests[0][0], type(e).__name__)
@@ -174,26 +174,21 @@ class TextClassifierHandler(BaseHandler):
         out, row = {}, 0
         for position, request in requests:
             end = row + len(request.texts)
-            out[position] = logits[row: end], None if features is None else features[row: end]
+            out[position] = logits[row: end], None if scores is None else scores[row: end]
             row = end
         return out
 
     def _predict(self, texts, stats):
-        """(logits, features or None) of texts."""
+        """(logits, in-scope scores or None) of texts."""
         threads = self._threads_for(len(texts))
         if threads == self.threads or not self._borrow():
-            return self._run(texts, stats)
+            return self.predictor.scored_logits(texts, self.batch_texts, stats)
         torch.set_num_threads(threads)
         try:
-            return self._run(texts, stats)
+            return self.predictor.scored_logits(texts, self.batch_texts, stats)
         finally:
             torch.set_num_threads(self.threads)
             fcntl.flock(self._borrow_lock, fcntl.LOCK_UN)
-
-    def _run(self, texts, stats):
-        if self.predictor.needs_features:
-            return self.predictor.predict_logits(texts, self.batch_texts, stats, features=True)
-        return self.predictor.predict_logits(texts, self.batch_texts, stats), None
 
     def _borrow(self):
         """One worker at a time may borrow idle cores: a lock file in the temp folder TorchServe gives all its
@@ -245,8 +240,8 @@ class TextClassifierHandler(BaseHandler):
             return protocol.metadata(self.model_info)
         if request.explain:
             return protocol.explanation(request, result)
-        logits, features = result
-        predictions = self.predictor.answers(logits, protocol.labels_to_rank(request, self.model_info), features)
+        logits, scores = result
+        predictions = self.predictor.answers(logits, protocol.labels_to_rank(request, self.model_info), scores)
         stats["out_of_scope"] = stats.get("out_of_scope", 0) + sum(p.get("out_of_scope", False) for p in predictions)
         return protocol.prediction(request, predictions, self.model_info)
 

@@ -168,9 +168,10 @@ class Predictor:
 
     @property
     def needs_features(self):
-        """Whether answers() needs the features beside the logits: the reject score reads them and a threshold
-        is set."""
-        return self.out_of_scope_threshold is not None and self.out_of_scope_score == "mahalanobis"
+        """Whether the in-scope scores need the features beside the logits: a threshold is set on a score that
+        reads them."""
+        return (self.out_of_scope_threshold is not None and self.out_of_scope_score == "mahalanobis"
+                and not self.multi_label)
 
     def forward(self, inputs, return_features=False):
         """Logits for encoded inputs, in this checkpoint's precision; with return_features, (logits, features)."""
@@ -200,7 +201,7 @@ class Predictor:
         if self.out_of_scope_score == "mahalanobis":
             if features is None or self.mahalanobis is None:
                 raise ValueError("the mahalanobis score needs the fitted statistics and the features of the texts "
-                                 "(predict_logits(..., features=True))")
+                                 "(predict_logits(..., features=True), or scored_logits())")
             return self.mahalanobis.score(features).astype(np.float32)
         z = torch.as_tensor(logits, dtype=torch.float32) / self.temperature
         if self.out_of_scope_score == "energy":
@@ -268,10 +269,22 @@ class Predictor:
             results.append({"label": ranked[0]["label"], "score": ranked[0]["score"], "top_k": ranked})
         return results
 
-    def answers(self, logits, k, features=None):
+    def scored_logits(self, texts, batch_size=64, stats=None):
+        """(logits, in-scope scores or None) of texts: what answers() needs, from one run; the scores (in_scope())
+        only where a threshold is set, computed for all the texts at once."""
+        if self.out_of_scope_threshold is None or self.multi_label:
+            return self.predict_logits(texts, batch_size, stats), None
+        if self.needs_features:
+            logits, features = self.predict_logits(texts, batch_size, stats, features=True)
+            return logits, self.in_scope(logits, features)
+        logits = self.predict_logits(texts, batch_size, stats)
+        return logits, self.in_scope(logits)
+
+    def answers(self, logits, k, scores=None):
         """top_k() of the logits' probabilities, with the reject option: where a threshold is set every answer
-        says "out_of_scope", and one below it has label None (or fallback_label) and keeps its scores. features:
-        the texts' features, which the reject option needs where needs_features says so.
+        says "out_of_scope", and one below it has label None (or fallback_label) and keeps its scores. scores:
+        the texts' in-scope scores (scored_logits()); needed for a score that reads the features, else computed
+        from the logits.
         Multi-label: {"labels": [{label, score}, ...] (every label at or over its threshold, highest first; maybe
         none), "top_k": [...]} per text."""
         if self.multi_label:
@@ -279,7 +292,7 @@ class Predictor:
         results = self.top_k(self.probabilities(logits), k)
         if self.out_of_scope_threshold is None:
             return results
-        for result, score in zip(results, self.in_scope(logits, features)):
+        for result, score in zip(results, self.in_scope(logits) if scores is None else scores):
             result["out_of_scope"] = bool(score < self.out_of_scope_threshold)
             if result["out_of_scope"]:
                 result["label"] = self.fallback_label
@@ -295,10 +308,8 @@ class Predictor:
         return results
 
     def predict(self, texts, top_k=1, batch_size=64):
-        if self.needs_features:
-            logits, features = self.predict_logits(texts, batch_size, features=True)
-            return self.answers(logits, top_k, features)
-        return self.answers(self.predict_logits(texts, batch_size), top_k)
+        logits, scores = self.scored_logits(texts, batch_size)
+        return self.answers(logits, top_k, scores)
 
 
 class _Outputs:

@@ -318,9 +318,9 @@ def _encoded_in_order(pool, chunks, ahead):
         yield done, future.result()
 
 
-def _outputs_of_pieces(predictor, n, pieces, batch_size):
-    """(logits (n, num_labels), features (n, F) or None) of the tokenized pieces of a chunk; the features only
-    where the reject score reads them."""
+def _scored_logits_of_pieces(predictor, n, pieces, batch_size):
+    """(logits (n, num_labels), in-scope scores (n,) or None) of the tokenized pieces of a chunk, as
+    Predictor.scored_logits gives them for texts."""
     logits, features = np.empty((n, len(predictor.labels)), dtype=np.float32), None
     for positions, encoded in pieces:
         encoded = {k: torch.from_numpy(v) for k, v in encoded.items()}
@@ -331,13 +331,9 @@ def _outputs_of_pieces(predictor, n, pieces, batch_size):
         if features is None:
             features = np.empty((n, part.shape[1]), dtype=np.float32)
         features[positions] = part
-    return logits, features
-
-
-def _outputs(predictor, texts, batch_size):
-    if predictor.needs_features:
-        return predictor.predict_logits(texts, batch_size, features=True)
-    return predictor.predict_logits(texts, batch_size), None
+    if predictor.out_of_scope_threshold is None or predictor.multi_label:
+        return logits, None
+    return logits, predictor.in_scope(logits, features)
 
 
 def _chunks(indexed, size):
@@ -358,17 +354,17 @@ def _chunks(indexed, size):
 
 
 def _classified(predictor, chunks, batch_size, checkpoint, workers):
-    """(chunk, (its logits (len(chunk), num_labels), features or None)) for each chunk in order; with workers,
-    chunks are tokenized in that many spawned processes while this one runs the model."""
+    """(chunk, (its logits (len(chunk), num_labels), in-scope scores or None)) for each chunk in order; with
+    workers, chunks are tokenized in that many spawned processes while this one runs the model."""
     if not workers:
         for chunk in chunks:
-            yield chunk, _outputs(predictor, [text for _, _, text in chunk], batch_size)
+            yield chunk, predictor.scored_logits([text for _, _, text in chunk], batch_size)
         return
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
                              initargs=(str(checkpoint),)) as pool:
         for chunk, pieces in _encoded_in_order(pool, chunks, 2 * workers):
-            yield chunk, _outputs_of_pieces(predictor, len(chunk), pieces, batch_size)
+            yield chunk, _scored_logits_of_pieces(predictor, len(chunk), pieces, batch_size)
 
 
 def classify_file(predictor, src, dst, *, checkpoint=None, top_k=1, batch_size=64, chunk=8192, field="text",
@@ -388,9 +384,9 @@ def classify_file(predictor, src, dst, *, checkpoint=None, top_k=1, batch_size=6
     indexed = itertools.islice(((i, n, t) for i, (n, t) in enumerate(records)), done // chunk * chunk, None)
     written = 0
     with out, tqdm(total=lines.size, unit="B", unit_scale=True, desc=src.name, file=sys.stderr) as bar:
-        for part, (logits, features) in _classified(predictor, _chunks(indexed, chunk), batch_size, checkpoint,
-                                                    tokenize_workers):
-            answers = predictor.answers(logits, top_k, features)
+        for part, (logits, scores) in _classified(predictor, _chunks(indexed, chunk), batch_size, checkpoint,
+                                                  tokenize_workers):
+            answers = predictor.answers(logits, top_k, scores)
             rows = [(n, t, r) for (i, n, t), r in zip(part, answers) if i >= done]
             out.write("".join(write(n, t, r, top_k) for n, t, r in rows).encode("utf-8"))
             out.flush()
