@@ -37,8 +37,8 @@ def test_the_score_is_minus_the_squared_distance_to_the_nearest_class_mean():
     precision = np.linalg.inv(centred.T @ centred / len(x) + RIDGE * np.eye(x.shape[1]))
     probe = np.random.default_rng(1).normal(scale=6.0, size=(50, x.shape[1]))
     expected = -np.min([np.einsum("ij,jk,ik->i", probe - m, precision, probe - m) for m in means], axis=0)
-    np.testing.assert_allclose(stats.score(probe), expected, rtol=1e-9)
-    assert (stats.score(means) > -1e-6).all()   # a class mean is at distance 0
+    np.testing.assert_allclose(stats.score(probe), expected, rtol=1e-5)   # scored in float32
+    assert (stats.score(means) > -1e-3).all()   # a class mean is at distance 0
 
 
 def test_points_far_from_every_class_score_lower():
