@@ -249,3 +249,16 @@ def test_optimize_fits_the_chosen_int8_variant_on_its_own_features(served, toy_d
     answered = np.mean([not a["out_of_scope"] for a in variant.predict(texts)])
     assert report["out_of_scope"]["valid_coverage"] == pytest.approx(answered)
     assert "fitted on its own features" in (out / "optimize.md").read_text()
+
+
+def test_tritonclient_reads_the_mahalanobis_decisions(served):
+    """The Open Inference Protocol's out_of_scope output, read by tritonclient in its defaults (binary), says what
+    the Predictor decides with the Mahalanobis score."""
+    from test_handler import start
+    from test_protocol import as_sent, infer_body, result, send
+    texts = sample_texts(12)
+    expected = [a["out_of_scope"] for a in Predictor.from_checkpoint(served).predict(texts)]
+    assert 0 < sum(expected) < len(texts)
+    handler, context = start(served)
+    [answer] = send(handler, context, [as_sent(*infer_body(texts))])
+    assert result(answer).as_numpy("out_of_scope").tolist() == expected

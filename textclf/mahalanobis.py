@@ -27,8 +27,8 @@ class Mahalanobis:
         values, vectors = np.linalg.eigh((precision + precision.T) / 2)
         self.means, self.precision = means, precision
         # Scored by torch on one thread: numpy's BLAS threads (or torch's pool) spinning after the product took the
-        # cores from the model's next forward pass. In float32 (the features' type): one text then costs about
-        # 0.1 ms, a batch of 16 well under a millisecond (BENCHMARKS.md). The distance is taken as |g - m_c|^2, not
+        # cores from the model's next forward pass. In float32 (the features' type): one text then costs well under
+        # 0.1 ms, a batch of 16 well under a millisecond. The distance is taken as |g - m_c|^2, not
         # expanded, so float32 loses nothing to cancellation.
         factor = vectors * np.sqrt(np.clip(values, 0, None))                            # (F, F)
         self.factor = torch.from_numpy(factor).float()

@@ -67,14 +67,18 @@ class SequenceClassifier(nn.Module):
         return cls(config, model)
 
     def head_layer(self):
-        """The last linear layer of the head (the one that writes the logits): its input are the features."""
-        layers = [m for m in self.model.modules()
-                  if isinstance(m, nn.Linear) and m.out_features == self.config.num_labels]
-        if not layers:
-            from .errors import CheckpointError
-            raise CheckpointError(f"{type(self.model).__name__} has no linear layer with {self.config.num_labels} "
-                                  "outputs to read features from")
-        return layers[-1]
+        """The last linear layer of the head (the one that writes the logits): its input are the features. Found
+        once, then looked up by name."""
+        name = getattr(self, "_head_name", None)
+        if name is None:
+            names = [n for n, m in self.model.named_modules()
+                     if isinstance(m, nn.Linear) and m.out_features == self.config.num_labels]
+            if not names:
+                from .errors import CheckpointError
+                raise CheckpointError(f"{type(self.model).__name__} has no linear layer with {self.config.num_labels} "
+                                      "outputs to read features from")
+            name = self._head_name = names[-1]
+        return self.model.get_submodule(name)
 
     def forward(self, input_ids, attention_mask, return_features=False):
         """Logits (B, num_labels); with return_features, (logits, the input of the head's last linear layer)."""

@@ -270,15 +270,18 @@ class Predictor:
         return results
 
     def scored_logits(self, texts, batch_size=64, stats=None):
-        """(logits, in-scope scores or None) of texts: what answers() needs, from one run; the scores (in_scope())
-        only where a threshold is set, computed for all the texts at once."""
-        if self.out_of_scope_threshold is None or self.multi_label:
-            return self.predict_logits(texts, batch_size, stats), None
+        """(logits, reject_scores()) of texts: what answers() needs, from one run, scored for all texts at once."""
         if self.needs_features:
             logits, features = self.predict_logits(texts, batch_size, stats, features=True)
-            return logits, self.in_scope(logits, features)
+            return logits, self.reject_scores(logits, features)
         logits = self.predict_logits(texts, batch_size, stats)
-        return logits, self.in_scope(logits)
+        return logits, self.reject_scores(logits)
+
+    def reject_scores(self, logits, features=None):
+        """The in-scope scores (in_scope()) where the reject option is on (a threshold, single-label), else None."""
+        if self.out_of_scope_threshold is None or self.multi_label:
+            return None
+        return self.in_scope(logits, features)
 
     def answers(self, logits, k, scores=None):
         """top_k() of the logits' probabilities, with the reject option: where a threshold is set every answer

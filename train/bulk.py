@@ -331,9 +331,7 @@ def _scored_logits_of_pieces(predictor, n, pieces, batch_size):
         if features is None:
             features = np.empty((n, part.shape[1]), dtype=np.float32)
         features[positions] = part
-    if predictor.out_of_scope_threshold is None or predictor.multi_label:
-        return logits, None
-    return logits, predictor.in_scope(logits, features)
+    return logits, predictor.reject_scores(logits, features)
 
 
 def _chunks(indexed, size):

@@ -66,16 +66,12 @@ def evaluate(predictor, examples, path):
                 raise DataError(path, e.line, f"label {label!r} is not one of the checkpoint's labels")
     if predictor.multi_label:
         return evaluate_multi_label(predictor, examples, index)
-    features = None
-    if predictor.needs_features:
-        logits, features = predictor.predict_logits([e.text for e in examples], features=True)
-    else:
-        logits = predictor.predict_logits([e.text for e in examples])
+    logits, in_scope = predictor.scored_logits([e.text for e in examples])
     probs = predictor.probabilities(logits)
     pred = probs.argmax(axis=1)
     gold = [index[e.label] for e in examples]
     result = scores(gold, pred, predictor.labels)
-    result["calibration"] = calibration_scores(predictor, logits, gold, features)
+    result["calibration"] = calibration_scores(predictor, logits, gold, in_scope)
     wrong = [i for i, e in enumerate(examples) if pred[i] != index[e.label]]
     wrong.sort(key=lambda i: -probs[i, pred[i]])
     errors = [{"line": examples[i].line, "text": examples[i].text, "gold": examples[i].label,
@@ -103,16 +99,16 @@ def evaluate_multi_label(predictor, examples, index):
     return result, errors
 
 
-def calibration_scores(predictor, logits, gold, features=None):
+def calibration_scores(predictor, logits, gold, in_scope):
     """ECE (15 bins) and NLL at T = 1 and at the checkpoint's temperature; with a reject threshold, the share
-    of texts answered (coverage) and the accuracy of those answers (features: for a score that reads them)."""
+    of texts answered (coverage) and the accuracy of those answers (in_scope: their Predictor.reject_scores)."""
     from .calibration import ece, nll, softmax
     before, after = ece(softmax(logits), gold), ece(predictor.probabilities(logits), gold)
     out = {"temperature": predictor.temperature, "ece_before": before[0], "ece_after": after[0],
            "nll_before": nll(logits, gold), "nll_after": nll(logits, gold, predictor.temperature),
            "bins_before": before[1], "bins_after": after[1]}
     if predictor.out_of_scope_threshold is not None:
-        accepted = predictor.in_scope(logits, features) >= predictor.out_of_scope_threshold
+        accepted = in_scope >= predictor.out_of_scope_threshold
         right = predictor.probabilities(logits).argmax(1) == np.asarray(gold)
         out.update(out_of_scope_score=predictor.out_of_scope_score,
                    out_of_scope_threshold=predictor.out_of_scope_threshold, coverage=float(accepted.mean()),
